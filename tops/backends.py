@@ -1,0 +1,102 @@
+"""Backend detection and mode selection: the one place that decides how kernels run.
+
+Modes, per backend:
+
+=========  ===================================  =======================================
+backend    on its own hardware                  anywhere else
+=========  ===================================  =======================================
+tpu        ``tpu``: Pallas lowered to Mosaic    ``tpu-interpret``: Pallas TPU interpret
+gpu        ``gpu``: Triton on CUDA              ``gpu-interpret``: Triton interpreter
+cpu        ``cpu``: float64 reference           ``cpu``
+=========  ===================================  =======================================
+
+Environment variables:
+
+``TOPS_INTERPRET=1``
+    Force ``tpu-interpret`` and ``gpu-interpret`` even where the hardware exists.
+``TOPS_TPU_INTERPRET=checked``
+    In ``tpu-interpret``, run Pallas under ``pltpu.InterpretParams`` with race
+    detection and NaN-filled uninitialised memory instead of the plain interpreter.
+
+The Triton interpreter is chosen by ``TRITON_INTERPRET=1``, which Triton reads when a
+kernel is *defined*; :func:`configure_triton` sets it and must run before any module
+that defines a Triton kernel is imported (``tops.gpu`` calls it first thing).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+BACKENDS = ("tpu", "gpu", "cpu")
+_TRUTHY = ("1", "true", "yes", "on")
+
+
+def interpret_forced() -> bool:
+    """Whether ``TOPS_INTERPRET`` forces the interpret modes."""
+    return os.environ.get("TOPS_INTERPRET", "").strip().lower() in _TRUTHY
+
+
+@functools.cache
+def tpu_mode() -> str:
+    """``"tpu"`` when JAX sees a TPU and interpretation is not forced, else ``"tpu-interpret"``."""
+    if interpret_forced():
+        return "tpu-interpret"
+    import jax
+
+    try:
+        has_tpu = bool(jax.devices("tpu"))
+    except RuntimeError:
+        has_tpu = False
+    return "tpu" if has_tpu else "tpu-interpret"
+
+
+@functools.cache
+def gpu_mode() -> str:
+    """``"gpu"`` when torch sees a CUDA device and interpretation is not forced."""
+    if interpret_forced() or os.environ.get("TRITON_INTERPRET", "") == "1":
+        return "gpu-interpret"
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "gpu-interpret"
+
+
+def mode(backend: str) -> str:
+    """The mode a backend runs in now."""
+    if backend == "tpu":
+        return tpu_mode()
+    if backend == "gpu":
+        return gpu_mode()
+    if backend == "cpu":
+        return "cpu"
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def modes() -> dict[str, str]:
+    """``{backend: mode}`` for every backend."""
+    return {backend: mode(backend) for backend in BACKENDS}
+
+
+def configure_triton() -> None:
+    """Select the Triton interpreter when the GPU backend is interpreted.
+
+    Must run before a module defining a ``@triton.jit`` kernel is imported.
+    """
+    if gpu_mode() == "gpu-interpret":
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+def torch_device() -> str:
+    """The torch device GPU-backend tensors live on: ``cuda``, or ``cpu`` when interpreted."""
+    return "cuda" if gpu_mode() == "gpu" else "cpu"
+
+
+def pallas_interpret():
+    """The ``interpret=`` argument for ``pl.pallas_call`` in the current TPU mode."""
+    if tpu_mode() == "tpu":
+        return False
+    if os.environ.get("TOPS_TPU_INTERPRET", "").strip().lower() == "checked":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan")
+    return True

@@ -1,0 +1,5 @@
+"""float64 golden references, written for clarity, not speed (NumPy in, float64 out)."""
+
+from tops.cpu.temperature_softmax import temperature_softmax
+
+__all__ = ["temperature_softmax"]

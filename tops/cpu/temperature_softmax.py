@@ -1,0 +1,49 @@
+"""float64 reference for temperature softmax; ARCHITECTURE.md states the semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, validate
+
+
+def temperature_softmax(logits, temperature) -> np.ndarray:
+    """``softmax(logits / T)`` per row, in float64, with the special rows of the contract.
+
+    Args:
+      logits: ``[B, V]`` array of bf16, f16 or f32 values (anything NumPy converts).
+      temperature: scalar or ``[B]``; rounded to float32 first, as every kernel does.
+
+    Returns:
+      ``float64[B, V]`` probabilities. Per row: NaN temperature, negative temperature or
+      any NaN logit gives all NaN; an all ``-inf`` row gives all zeros; a temperature
+      below the smallest normal float32 gives a one-hot row at the first maximum; a
+      ``+inf`` maximum shares the mass evenly among the ``+inf`` entries.
+    """
+    validate(logits, temperature)
+    x = np.asarray(logits, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(temperature, np.float32), x.shape[:1]).astype(np.float64)
+    out = np.zeros_like(x)
+    for row in range(x.shape[0]):
+        out[row] = _softmax_row(x[row], t[row])
+    return out
+
+
+def _softmax_row(x: np.ndarray, t: float) -> np.ndarray:
+    if np.isnan(t) or t < 0 or np.isnan(x).any():
+        return np.full_like(x, np.nan)
+    m = x.max()
+    if m == -np.inf:
+        return np.zeros_like(x)
+    if t < SMALLEST_NORMAL_F32:
+        one_hot = np.zeros_like(x)
+        one_hot[int(np.argmax(x))] = 1.0  # argmax returns the first maximum
+        return one_hot
+    z = np.full_like(x, -np.inf)
+    at_max = x == m
+    z[at_max] = 0.0
+    if np.isfinite(m):
+        finite = np.isfinite(x)
+        z[finite] = (x[finite] - m) / t
+    e = np.exp(z)
+    return e / e.sum()

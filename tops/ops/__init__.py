@@ -1,0 +1,5 @@
+"""Pallas TPU kernels with JAX APIs (Mosaic on TPU, Pallas TPU interpret mode elsewhere)."""
+
+from tops.ops.temperature_softmax import temperature_softmax
+
+__all__ = ["temperature_softmax"]
