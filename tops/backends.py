@@ -17,6 +17,9 @@ Environment variables:
 ``TOPS_TPU_INTERPRET=checked``
     In ``tpu-interpret``, run Pallas under ``pltpu.InterpretParams`` with race
     detection and NaN-filled uninitialised memory instead of the plain interpreter.
+``TOPS_TRITON_COMPILE_ONLY=1``
+    Never select the Triton interpreter: set by ``tops.compile_only`` for the process
+    that compiles the Triton kernels for sm_90 on a machine without a GPU.
 
 The Triton interpreter is chosen by ``TRITON_INTERPRET=1``, which Triton reads when a
 kernel is *defined*; :func:`configure_triton` sets it and must run before any module
@@ -25,6 +28,7 @@ that defines a Triton kernel is imported (``tops.gpu`` calls it first thing).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -82,6 +86,8 @@ def configure_triton() -> None:
 
     Must run before a module defining a ``@triton.jit`` kernel is imported.
     """
+    if os.environ.get("TOPS_TRITON_COMPILE_ONLY") == "1":
+        return
     if gpu_mode() == "gpu-interpret":
         os.environ["TRITON_INTERPRET"] = "1"
 
@@ -91,9 +97,24 @@ def torch_device() -> str:
     return "cuda" if gpu_mode() == "gpu" else "cpu"
 
 
+_lowering_for_tpu = False
+
+
+@contextlib.contextmanager
+def lowering_for_tpu():
+    """Within this context Pallas kernels are built for Mosaic (``interpret=False``)
+    whatever the mode, so that ``jax.export`` can lower them for TPU on any machine."""
+    global _lowering_for_tpu
+    previous, _lowering_for_tpu = _lowering_for_tpu, True
+    try:
+        yield
+    finally:
+        _lowering_for_tpu = previous
+
+
 def pallas_interpret():
     """The ``interpret=`` argument for ``pl.pallas_call`` in the current TPU mode."""
-    if tpu_mode() == "tpu":
+    if _lowering_for_tpu or tpu_mode() == "tpu":
         return False
     if os.environ.get("TOPS_TPU_INTERPRET", "").strip().lower() == "checked":
         from jax.experimental.pallas import tpu as pltpu

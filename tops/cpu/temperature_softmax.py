@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, validate
+from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE, validate
 
 
 def temperature_softmax(logits, temperature) -> np.ndarray:
@@ -17,8 +17,9 @@ def temperature_softmax(logits, temperature) -> np.ndarray:
     Returns:
       ``float64[B, V]`` probabilities. Per row: NaN temperature, negative temperature or
       any NaN logit gives all NaN; an all ``-inf`` row gives all zeros; a temperature
-      below the smallest normal float32 gives a one-hot row at the first maximum; a
-      ``+inf`` maximum shares the mass evenly among the ``+inf`` entries.
+      below the smallest normal float32 gives a one-hot row at the first maximum; one of
+      at least ``2**64`` (``+inf`` included) a row uniform over the entries above
+      ``-inf``; a ``+inf`` maximum shares the mass evenly among the ``+inf`` entries.
     """
     validate(logits, temperature)
     x = np.asarray(logits, dtype=np.float64)
@@ -44,6 +45,6 @@ def _softmax_row(x: np.ndarray, t: float) -> np.ndarray:
     z[at_max] = 0.0
     if np.isfinite(m):
         finite = np.isfinite(x)
-        z[finite] = (x[finite] - m) / t
+        z[finite] = 0.0 if t >= UNIFORM_TEMPERATURE else (x[finite] - m) / t
     e = np.exp(z)
     return e / e.sum()

@@ -21,10 +21,13 @@ from jax import lax
 
 _SPLITTER = 4097.0  # 2**12 + 1: splits a float32 significand into two 12-bit halves
 LOG2E = 1.4426950408889634
-# ln 2 = LN2_HI + LN2_LO, LN2_HI with 16 significant bits so that k * LN2_HI is exact
-# for |k| < 256.
+LOG_2 = 0.6931471805599453
+# ln 2 = LN2_HI + LN2_MID + LN2_LO (Cody-Waite in three parts): LN2_HI and LN2_MID have
+# at most 16 significant bits, so k * LN2_HI and k * LN2_MID are exact for |k| < 256 and
+# no rounding hides in a product that a compiler could contract into an FMA.
 LN2_HI = 0.693145751953125
-LN2_LO = 1.4286068202862268e-06
+LN2_MID = 1.4286197256296873e-06
+LN2_LO = -1.2905320270077144e-11
 # exp(y) with y below this (e < 2**-124) is treated as exactly zero: above it the
 # scale 2**k and the leading terms stay normal, so the float32 flush-to-zero of a TPU
 # (and of XLA:CPU) cannot change a result.
@@ -103,16 +106,21 @@ def _pow2(k):
     return lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def exp_dd(y_hi, y_lo):
-    """``exp(y_hi + y_lo)`` as a double-float ``(hi, lo)`` for ``y_hi <= 0``.
+def exp_dd(y_hi, y_lo, *, scale_log2: int = 0):
+    """``exp(y_hi + y_lo) * 2**scale_log2`` as a double-float ``(hi, lo)`` for ``y_hi <= 0``.
+
+    ``scale_log2`` (0 to 40) lifts results that would fall below the float32 normal
+    range into it, for a caller that scales them back after dividing.
 
     Relative error below 2**-29 for ``y >= -64``; below that the low part may be
     flushed, leaving the float32 accuracy of ``hi`` (``tests/ops/test_double_float.py``
-    measures both against float64). ``y_hi`` may be ``-inf``; below ``EXP_UNDERFLOW``
-    the result is exactly ``(0, 0)``. ``|y_lo|`` must be at most a few ulps of ``y_hi``.
+    measures both against float64). ``y_hi`` may be ``-inf``; below
+    ``EXP_UNDERFLOW - scale_log2 * ln 2`` the result is exactly ``(0, 0)``. ``|y_lo|`` must be at most a few ulps of ``y_hi``.
 
-    Method: Cody-Waite reduction ``y = k ln2 + r1 + c`` with ``|r1| <= ln2 / 2`` (exact,
-    since ``k * LN2_HI`` is exact and close to ``y``) and ``c = y_lo - k LN2_LO`` tiny;
+    Method: Cody-Waite reduction ``y = k ln2 + r1 + c`` with ``|r1| <= ln2 / 2``
+    (``y - k LN2_HI`` is exact, since ``k LN2_HI`` is exact and close to ``y``; its sum
+    with the exact ``-k LN2_MID`` is split by TwoSum) and ``c``, of the order of an ulp
+    of ``r1``;
     ``exp(r1) - 1 = t = r1 + r1**2 / 2 + r1**2 W(r1)`` with ``r1**2`` exact from
     ``two_prod`` and the Taylor tail ``W`` (to ``r1**9 / 9!``) in float32, whose error is
     scaled by ``r1**2 <= 0.12``; ``exp(c) ~ 1 + c + c**2 / 2``; finally
@@ -121,11 +129,12 @@ def exp_dd(y_hi, y_lo):
     No constant takes part in an error-free transformation: XLA's algebraic simplifier
     folds ``(x + C) - C`` to ``x`` and would silently drop the compensation.
     """
-    underflow = y_hi < EXP_UNDERFLOW
-    y = jnp.maximum(y_hi, EXP_UNDERFLOW)
+    lowest = EXP_UNDERFLOW - scale_log2 * LOG_2
+    underflow = y_hi < lowest
+    y = jnp.maximum(y_hi, lowest)
     k = jnp.floor(y * LOG2E + 0.5)
-    r1 = y - k * LN2_HI
-    c = jnp.where(underflow, 0.0, y_lo) - k * LN2_LO
+    r1, r_err = two_sum(y - k * LN2_HI, -(k * LN2_MID))
+    c = (jnp.where(underflow, 0.0, y_lo) + r_err) - k * LN2_LO
     c = c + 0.5 * c * c
     w = _INV_FACTORIALS[-1] * r1
     for coefficient in reversed(_INV_FACTORIALS[:-1]):
@@ -133,8 +142,11 @@ def exp_dd(y_hi, y_lo):
     q_hi, q_lo = two_prod(r1, r1)
     t_hi, t_err = fast_two_sum(r1, 0.5 * q_hi)
     t_hi, t_lo = fast_two_sum(t_hi, t_err + (0.5 * q_lo + q_hi * w))
-    t_lo = t_lo + c * (1.0 + t_hi)
-    scale = _pow2(k)
+    t_hi, t_lo = two_sum(t_hi, t_lo + c * (1.0 + t_hi))
+    # Underflow zeroes the scale rather than the results: a select applied to the outputs
+    # lets XLA:CPU fuse and recompute e_hi apart from e_err, which loses their pairing.
+    # The sum is formed 2**64 higher, where scale * t_hi cannot be subnormal (and be
+    # flushed), then brought down exactly.
+    scale = jnp.where(underflow, 0.0, _pow2(k + (scale_log2 + 64)))
     e_hi, e_err = fast_two_sum(scale, scale * t_hi)
-    e_lo = e_err + scale * t_lo
-    return jnp.where(underflow, 0.0, e_hi), jnp.where(underflow, 0.0, e_lo)
+    return e_hi * 2.0**-64, (e_err + scale * t_lo) * 2.0**-64

@@ -22,9 +22,12 @@ def require_dtype(name: str, array, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must have dtype in {allowed}, got {dtype_name(array)}")
 
 
-def concrete_values(value) -> np.ndarray | None:
-    """The values of a Python number or NumPy array; None for device arrays and tracers,
-    whose values are only known at run time."""
-    if isinstance(value, numbers.Number | np.ndarray | np.generic):
-        return np.asarray(value)
+def python_number(value) -> float | None:
+    """``value`` as a float when it is a Python (or NumPy scalar) number, else None.
+
+    Numbers are fixed when a kernel is built, so they are validated then; arrays of any
+    framework are run-time values, whose bad entries get the op's documented result.
+    """
+    if isinstance(value, numbers.Real):
+        return float(value)
     return None

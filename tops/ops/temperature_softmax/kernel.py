@@ -35,7 +35,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from tops.backends import pallas_interpret
 from tops.ops.double_float import add_dd, div_dd_to_f32, exp_dd, mul_dd, two_prod, two_sum
-from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32
+from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
 
 LANES = 128
 # Whole rows stay in VMEM up to this many (128-padded) columns: with float32 logits,
@@ -47,6 +47,8 @@ SINGLE_PASS_MAX_V = 32768
 TWO_PASS_BLOCK_V = 8192
 _INT_MAX = jnp.iinfo(jnp.int32).max
 _BUTTERFLY_SHIFTS = (64, 32, 16, 8, 4, 2, 1)
+_LIFT_LOG2 = 8
+_UNLIFT = 2.0**-_LIFT_LOG2
 
 
 def rows_per_block(dtype) -> int:
@@ -64,16 +66,17 @@ class _RowParams:
     def __init__(self, t):
         self.invalid = jnp.isnan(t) | (t < 0.0)
         self.greedy = t < SMALLEST_NORMAL_F32
-        uniform = t == jnp.inf
-        self.t_safe = jnp.where(self.invalid | self.greedy | uniform, 1.0, t)
-        self.inv_t = jnp.where(uniform, 0.0, 1.0 / self.t_safe)
+        self.uniform = t >= UNIFORM_TEMPERATURE
+        self.t_safe = jnp.where(self.invalid | self.greedy | self.uniform, 1.0, t)
+        self.inv_t = 1.0 / self.t_safe
 
 
 def _scaled_gap(x, m, row: _RowParams):
     """``(x - m) / T`` as a double-float, with the special values masked *before* exp.
 
     ``x`` has no NaN; ``m >= x``. The gap is ``-inf`` where ``x`` is ``-inf`` or where
-    ``m`` is ``+inf`` and ``x`` is not, and ``0`` where ``x == m``; elsewhere both
+    ``m`` is ``+inf`` and ``x`` is not, and ``0`` where ``x == m`` or the temperature
+    counts as infinite; elsewhere both
     operands are finite and the difference and the quotient are carried exactly to
     about 2**-44 (TwoSum, then the division residual through TwoProduct).
     """
@@ -84,8 +87,8 @@ def _scaled_gap(x, m, row: _RowParams):
     y_hi = d_hi * row.inv_t
     p, p_err = two_prod(y_hi, row.t_safe)
     y_lo = (((d_hi - p) - p_err) + d_lo) * row.inv_t
-    y_hi = jnp.where(dropped, -jnp.inf, jnp.where(at_max, 0.0, y_hi))
-    return y_hi, jnp.where(finite, y_lo, 0.0)
+    y_hi = jnp.where(dropped, -jnp.inf, jnp.where(at_max | row.uniform, 0.0, y_hi))
+    return y_hi, jnp.where(finite & ~row.uniform, y_lo, 0.0)
 
 
 def _load_slice(x_ref, index, col0, vocab):
@@ -169,8 +172,10 @@ def _write_probabilities(x_ref, o_ref, n_slices, col0, vocab, row, stats):
 
     def body(index, carry):
         x, _, cols = _load_slice(x_ref, index, col0, vocab)
-        e_hi, e_lo = exp_dd(*_scaled_gap(x, row_max, row))
-        p = div_dd_to_f32(e_hi, e_lo, sum_hi, sum_lo, inv_sum)
+        # p <= exp(y): computing exp(y) * 2**LIFT keeps every p above the float32 normal
+        # range exact before the exact scaling back.
+        e_hi, e_lo = exp_dd(*_scaled_gap(x, row_max, row), scale_log2=_LIFT_LOG2)
+        p = div_dd_to_f32(e_hi, e_lo, sum_hi, sum_lo, inv_sum) * _UNLIFT
         p = jnp.where(row.greedy, (cols == row_arg).astype(jnp.float32), p)
         p = jnp.where(empty_row, 0.0, p)
         p = jnp.where(nan_row, jnp.nan, p)
@@ -366,3 +371,22 @@ def two_pass(logits, temperature_col, *, block_v=TWO_PASS_BLOCK_V):
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
         interpret=pallas_interpret(),
     )(temperature_col, *stats, logits)
+
+
+def lowering_configs() -> list[tuple[str, object, tuple]]:
+    """Every shipped kernel configuration as ``(name, fn, shape_structs)`` for the TPU
+    lowering check: each logits dtype, through the public wrapper, at vocabularies that
+    pick the narrowest, a partial and the widest single-pass block and the two-pass path
+    with a partial last block; ``B = 13`` leaves a partial row block."""
+    from tops.ops.temperature_softmax import temperature_softmax
+
+    configs = []
+    for dtype in ("bfloat16", "float16", "float32"):
+        for vocab in (1, 50257 % SINGLE_PASS_MAX_V, SINGLE_PASS_MAX_V, 50257, 262144):
+            path = "single" if vocab <= SINGLE_PASS_MAX_V else "two_pass"
+            shapes = (
+                jax.ShapeDtypeStruct((13, vocab), jnp.dtype(dtype)),
+                jax.ShapeDtypeStruct((13,), jnp.float32),
+            )
+            configs.append((f"{path}_{dtype}_V{vocab}", temperature_softmax, shapes))
+    return configs

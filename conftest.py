@@ -1,0 +1,72 @@
+"""Project-wide pytest set-up: backend modes in the header, the baseline-ledger option,
+and a guard that every test under tests/ops names its backend in its id."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tops import backends
+
+_LEDGER_UPDATES = Path(__file__).parent / ".pytest_cache" / "tops-ledger-updates"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-baseline",
+        action="store_true",
+        help="rewrite the baseline ledger entries of the precision cases this run measures",
+    )
+
+
+def pytest_report_header(config):
+    modes = " ".join(f"{b}={m}" for b, m in backends.modes().items())
+    return [f"tops modes: {modes}"]
+
+
+def pytest_configure(config):
+    # Runs on the xdist controller before any worker starts: clear earlier updates.
+    if config.getoption("--update-baseline") and not hasattr(config, "workerinput"):
+        shutil.rmtree(_LEDGER_UPDATES, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/ops must name ``tpu`` or ``gpu`` in its id, so that
+    ``pytest tests/ops -k tpu`` selects exactly the TPU side; a name that contains the
+    letters by accident (``output``) would silently join it."""
+    for item in items:
+        if "tests/ops/" not in item.nodeid.replace(os.sep, "/"):
+            continue
+        name = item.name
+        if "output" in name:
+            raise pytest.UsageError(f"{item.nodeid}: 'output' contains 'tpu'; rename it")
+        if "tpu" not in name and "gpu" not in name:
+            raise pytest.UsageError(f"{item.nodeid}: a tests/ops id must contain tpu or gpu")
+
+
+@pytest.fixture(scope="session")
+def ledger_recorder(request):
+    """Collects measured ε for ``--update-baseline``: a list to append ledger entries to."""
+    entries: list = []
+    yield entries
+    if request.config.getoption("--update-baseline") and entries:
+        _LEDGER_UPDATES.mkdir(parents=True, exist_ok=True)
+        worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+        (_LEDGER_UPDATES / f"{worker}.json").write_text(json.dumps(entries))
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if not config.getoption("--update-baseline") or hasattr(config, "workerinput"):
+        return
+    from tops.precision import ledger
+
+    updates = []
+    for path in sorted(_LEDGER_UPDATES.glob("*.json")):
+        updates += [tuple(e) for e in json.loads(path.read_text())]
+    written = ledger.write(updates)
+    print(f"\nbaseline ledger: {written} entries written to {ledger.LEDGER_PATH}")

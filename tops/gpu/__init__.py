@@ -1,0 +1,16 @@
+"""Triton GPU kernels (torch in, torch out); the Triton interpreter on CPU when no GPU.
+
+:func:`tops.backends.configure_triton` runs first: Triton reads ``TRITON_INTERPRET`` when a
+kernel is defined, so it must be set before any kernel module is imported.
+"""
+
+from tops.backends import configure_triton
+
+configure_triton()
+
+from tops.gpu.temperature_softmax import (  # noqa: E402
+    temperature_softmax,
+    temperature_softmax_,
+)
+
+__all__ = ["temperature_softmax", "temperature_softmax_"]

@@ -1,0 +1,259 @@
+"""Triton kernels for temperature softmax: one program per row, single- or multi-pass.
+
+Per row, with ``T = temperature[row]`` (float32), ``x`` the row in float32 and ``m`` the
+maximum over its non-NaN entries (the contract of ``tops.cpu.temperature_softmax``):
+
+1. ``T`` NaN, ``T < 0`` or a NaN in the row: the row is NaN.
+2. else ``m == -inf``: the row is zeros.
+3. else ``T < SMALLEST_NORMAL_F32``: one-hot at the first index where ``x == m``.
+4. else ``p = exp2(z) * (1 / sum(exp2(z)))`` with the exponent ``z`` of :func:`_exponent`,
+   masked before ``exp2`` and scaled by ``c = LOG2E / T`` (computed once per row).
+
+The maximum is taken over the raw logits, never over ``x / T``. NaN detection is explicit
+(``x != x``) and the maximum is taken over ``where(isnan, -inf, x)``, so no result depends
+on how a backend's max treats NaN. Divisions use ``tl.math.div_rn`` (IEEE rounding), so
+the interpreter and native code round them identically.
+
+Both kernels accept ``out`` aliasing ``logits`` (in place): every element is read by the
+same program before it is written.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
+
+LOG2E = math.log2(math.e)
+_LOG2E = tl.constexpr(LOG2E)
+_TINY = tl.constexpr(SMALLEST_NORMAL_F32)
+_UNIFORM_T = tl.constexpr(UNIFORM_TEMPERATURE)
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+# Largest V handled by the single-pass kernel, which holds the whole row (padded to a power
+# of two) in registers. Chosen by register-pressure reasoning, not measured (no GPU was at
+# hand): at 16384 elements and 16 warps (512 threads, so at most 128 registers a thread)
+# each thread holds 32 values per live row tensor; ptxas for sm_90 fits that in the 128
+# registers (at most a 16-byte stack spill for f32 logits). A larger row would need more
+# warps than a program may have or would spill, while the multi-pass kernel only reads the
+# row a second time (mostly from L2). The benchmark script sweeps this threshold.
+SINGLE_PASS_MAX_V = 16384
+# Chunk length of the multi-pass kernel (8 warps, 16 f32 values per thread per chunk).
+MULTI_PASS_BLOCK_V = 4096
+
+
+def num_warps_for(block_v: int) -> int:
+    """Warps per program for a block of ``block_v`` elements."""
+    if block_v <= 2048:
+        return 4
+    if block_v <= 8192:
+        return 8
+    return 16
+
+
+@triton.jit
+def _exponent(x, m, c):
+    """The base-2 exponent ``z`` of each entry of ``x`` under the row maximum ``m``.
+
+    ``-inf`` where ``x == -inf``; ``0`` where ``x == m`` (the ``+inf`` entries when
+    ``m == +inf``); ``-inf`` for the other entries when ``m == +inf``; otherwise
+    ``(x - m) * c``. Operands are made finite before subtracting so no ``inf - inf`` is
+    ever formed, and the difference is clamped to ``-FLT_MAX`` so a row spanning more than
+    FLT_MAX (``x - m`` overflowing to ``-inf``) cannot form ``-inf * 0`` when ``c == 0``
+    (``T == +inf``).
+    """
+    x_finite = tl.abs(x) < float("inf")
+    m_finite = tl.abs(m) < float("inf")
+    d = tl.where(x_finite, x, 0.0) - tl.where(m_finite, m, 0.0)
+    z = tl.maximum(d, -_FLT_MAX) * c
+    z = tl.where(m_finite, z, float("-inf"))
+    z = tl.where(x == m, 0.0, z)
+    z = tl.where(x == float("-inf"), float("-inf"), z)
+    return z
+
+
+@triton.jit
+def _row_scale(t):
+    """Per-row flags and scale from the temperature ``t`` (f32 scalar).
+
+    Returns ``(t_bad, greedy, c)``: NaN or negative ``t``; ``t`` below the smallest normal
+    f32; ``c = LOG2E / t`` (``t`` replaced by 1 for the bad and greedy rows, whose exponents
+    are never used, so no division by zero or overflow happens there), and ``c = 0`` for
+    ``t >= UNIFORM_TEMPERATURE``, which counts as infinite.
+    """
+    t_bad = (t != t) | (t < 0.0)
+    greedy = t < _TINY
+    t_safe = tl.where(t_bad | greedy, 1.0, t)
+    c = tl.math.div_rn(tl.full((), _LOG2E, tl.float32), t_safe)
+    return t_bad, greedy, tl.where(t >= _UNIFORM_T, 0.0, c)
+
+
+@triton.jit
+def _single_pass_kernel(
+    logits_ptr,
+    temperature_ptr,
+    out_ptr,
+    V,
+    logits_row_stride,
+    out_row_stride,
+    BLOCK_V: tl.constexpr,
+):
+    """Whole row in one block. Grid ``(B,)``: program ``r`` handles row ``r``.
+
+    Blocks touched per program:
+      ``logits_ptr``: ``[BLOCK_V]`` of row ``r`` (bf16/f16/f32, masked to ``V``), read once.
+      ``temperature_ptr``: ``[]`` (f32 scalar ``temperature[r]``).
+      ``out_ptr``: ``[BLOCK_V]`` of row ``r`` (f32, masked to ``V``), written once after the
+      whole row is read (so ``out`` may alias ``logits``).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_V)
+    mask = offs < V
+    x = tl.load(logits_ptr + row * logits_row_stride + offs, mask=mask, other=float("-inf"))
+    x = x.to(tl.float32)
+    t = tl.load(temperature_ptr + row)
+    t_bad, greedy, c = _row_scale(t)
+
+    is_nan = x != x
+    has_nan = tl.max(is_nan.to(tl.int32), axis=0) > 0
+    xm = tl.where(is_nan, float("-inf"), x)
+    m = tl.max(xm, axis=0)
+    first_max = tl.min(tl.where((xm == m) & mask, offs, BLOCK_V), axis=0)
+
+    z = _exponent(x, m, c)
+    e = tl.exp2(z)
+    s = tl.sum(e, axis=0)
+    inv = tl.math.div_rn(1.0, tl.where(s > 0.0, s, 1.0))
+    p = e * inv
+
+    p = tl.where(greedy, tl.where(offs == first_max, 1.0, 0.0), p)
+    p = tl.where(m == float("-inf"), 0.0, p)
+    p = tl.where(t_bad | has_nan, float("nan"), p)
+    tl.store(out_ptr + row * out_row_stride + offs, p, mask=mask)
+
+
+@triton.jit
+def _multi_pass_kernel(
+    logits_ptr,
+    temperature_ptr,
+    out_ptr,
+    V,
+    logits_row_stride,
+    out_row_stride,
+    BLOCK_V: tl.constexpr,
+):
+    """Row in ``BLOCK_V`` chunks. Grid ``(B,)``: program ``r`` handles row ``r``.
+
+    Loop 1 reads every chunk once, keeping an online max and sum (the running sum rescaled
+    by ``exp2((m_old - m_new) * c)``, that exponent masked so ``-inf - -inf`` and
+    ``inf - inf`` never reach ``exp2``), a NaN flag and the first argmax (a later chunk
+    replaces it only if its max is strictly greater). Loop 2 reads each chunk again and
+    writes its probabilities.
+
+    Blocks touched per program:
+      ``logits_ptr``: ``[BLOCK_V]`` chunks of row ``r`` (bf16/f16/f32, last one masked to
+      ``V``), each read twice.
+      ``temperature_ptr``: ``[]`` (f32 scalar ``temperature[r]``).
+      ``out_ptr``: ``[BLOCK_V]`` chunks of row ``r`` (f32, masked), each written once in
+      loop 2 right after the same chunk is read (so ``out`` may alias ``logits``).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    x_row = logits_ptr + row * logits_row_stride
+    out_row = out_ptr + row * out_row_stride
+    t = tl.load(temperature_ptr + row)
+    t_bad, greedy, c = _row_scale(t)
+    chunk = tl.arange(0, BLOCK_V)
+
+    m_run = tl.full((), float("-inf"), tl.float32)
+    s_run = tl.full((), 0.0, tl.float32)
+    nan_run = tl.full((), 0, tl.int32)
+    arg_run = tl.full((), 0, tl.int32) + V
+    for start in range(0, V, BLOCK_V):
+        offs = start + chunk
+        mask = offs < V
+        x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        is_nan = x != x
+        nan_run = tl.maximum(nan_run, tl.max(is_nan.to(tl.int32), axis=0))
+        xm = tl.where(is_nan, float("-inf"), x)
+        m_chunk = tl.max(xm, axis=0)
+        arg_chunk = tl.min(tl.where((xm == m_chunk) & mask, offs, V), axis=0)
+        arg_run = tl.where(m_chunk > m_run, arg_chunk, arg_run)
+        m_new = tl.maximum(m_run, m_chunk)
+        # Rescale exponent of the running sum; operands made finite before subtracting.
+        old_finite = tl.abs(m_run) < float("inf")
+        new_finite = tl.abs(m_new) < float("inf")
+        d = tl.where(old_finite, m_run, 0.0) - tl.where(new_finite, m_new, 0.0)
+        alpha = tl.maximum(d, -_FLT_MAX) * c
+        alpha = tl.where(m_new == float("inf"), float("-inf"), alpha)
+        alpha = tl.where((m_run == m_new) | (m_run == float("-inf")), 0.0, alpha)
+        s_run = s_run * tl.exp2(alpha) + tl.sum(tl.exp2(_exponent(x, m_new, c)), axis=0)
+        m_run = m_new
+
+    special_nan = t_bad | (nan_run > 0)
+    zero_row = m_run == float("-inf")
+    inv = tl.math.div_rn(1.0, tl.where(s_run > 0.0, s_run, 1.0))
+    for start in range(0, V, BLOCK_V):
+        offs = start + chunk
+        mask = offs < V
+        x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        p = tl.exp2(_exponent(x, m_run, c)) * inv
+        p = tl.where(greedy, tl.where(offs == arg_run, 1.0, 0.0), p)
+        p = tl.where(zero_row, 0.0, p)
+        p = tl.where(special_nan, float("nan"), p)
+        tl.store(out_row + offs, p, mask=mask)
+
+
+def launch(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the probabilities of ``logits`` into ``out``; picks the kernel by ``V``.
+
+    Args:
+      logits: ``[B, V]`` bf16/f16/f32, ``B >= 1``, last dim contiguous (any row stride).
+      temperature: ``float32[B]``, contiguous, on the logits' device.
+      out: ``float32[B, V]``, last dim contiguous, rows not overlapping; may be ``logits``.
+    """
+    batch, vocab = logits.shape
+    args = (logits, temperature, out, vocab, logits.stride(0), out.stride(0))
+    if vocab <= SINGLE_PASS_MAX_V:
+        block_v = triton.next_power_of_2(vocab)
+        _single_pass_kernel[(batch,)](*args, BLOCK_V=block_v, num_warps=num_warps_for(block_v))
+    else:
+        block_v = MULTI_PASS_BLOCK_V
+        _multi_pass_kernel[(batch,)](*args, BLOCK_V=block_v, num_warps=num_warps_for(block_v))
+
+
+def compile_configs() -> list[dict]:
+    """Every shipped kernel configuration, for the compile-only checks.
+
+    Each logits dtype (bf16, f16, f32) for the single-pass kernel at the smallest (1) and
+    largest (``SINGLE_PASS_MAX_V``) block it can pick, and for the multi-pass kernel at
+    ``MULTI_PASS_BLOCK_V``, each with the warps it launches with. Entries:
+    ``{"name", "kernel", "signature", "constexprs", "num_warps"}``.
+    """
+    configs = []
+    for dtype in ("bf16", "fp16", "fp32"):
+        signature = {
+            "logits_ptr": f"*{dtype}",
+            "temperature_ptr": "*fp32",
+            "out_ptr": "*fp32",
+            "V": "i32",
+            "logits_row_stride": "i32",
+            "out_row_stride": "i32",
+            "BLOCK_V": "constexpr",
+        }
+        shipped = [(_single_pass_kernel, 1), (_single_pass_kernel, SINGLE_PASS_MAX_V)]
+        shipped.append((_multi_pass_kernel, MULTI_PASS_BLOCK_V))
+        for kernel, block_v in shipped:
+            configs.append(
+                {
+                    "name": f"{kernel.__name__.strip('_')}_{dtype}_BLOCK{block_v}",
+                    "kernel": kernel,
+                    "signature": dict(signature),
+                    "constexprs": {"BLOCK_V": block_v},
+                    "num_warps": num_warps_for(block_v),
+                }
+            )
+    return configs

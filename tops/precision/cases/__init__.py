@@ -1,0 +1,1 @@
+"""Registered cases, one module per op (see ``tops.precision.registry``)."""

@@ -1,0 +1,139 @@
+"""Registered cases of temperature softmax: the random grid and the numerically hard rows.
+
+Tolerance (rule 1, both backends): ε <= 4e-6 for every case. The float32 result of a
+softmax row carries, per element, the error of the exponent ``y = (x - max) / T``
+(|y| times a few float32 roundings), of ``exp`` and of the normalisation. Only elements
+with ``|y| <= 30`` matter for ε (the rest are below 1e-13 of the row maximum), so the
+bound is about ``(2 * 30 + 4) * 2**-24 ≈ 3.8e-6`` whatever the dtype, the size of the
+row or the temperature. The measured ε of every case is recorded in the baseline
+ledger; the TPU kernel sits at the float32 floor (about 3e-8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tops.precision.metrics import numpy_dtype
+from tops.precision.registry import Arrays, Case, Op
+
+OUTPUT = "probs"
+TOLERANCE = {OUTPUT: 4e-6}
+DTYPES = ("float32", "bfloat16", "float16")
+# a per-row mixture covering greedy, tiny, ordinary and large temperatures
+MIXED_TEMPERATURES = (0.0, 1e-4, 0.05, 0.7, 1.0, 1.5, 10.0, 100.0)
+
+
+def _reference(inputs: Arrays) -> Arrays:
+    from tops import cpu
+
+    return {OUTPUT: cpu.temperature_softmax(inputs["logits"], inputs["temperature"])}
+
+
+def _run_tpu(inputs: Arrays) -> Arrays:
+    from tops import ops
+    from tops.precision.convert import from_jax, to_jax
+
+    out = ops.temperature_softmax(to_jax(inputs["logits"]), to_jax(inputs["temperature"]))
+    return {OUTPUT: from_jax(out)}
+
+
+def _run_gpu(inputs: Arrays) -> Arrays:
+    from tops import backends, gpu
+    from tops.precision.convert import from_torch, to_torch
+
+    device = backends.torch_device()
+    out = gpu.temperature_softmax(
+        to_torch(inputs["logits"], device), to_torch(inputs["temperature"], device)
+    )
+    return {OUTPUT: from_torch(out)}
+
+
+def _inputs(logits: np.ndarray, temperature, dtype: str) -> Arrays:
+    """Round the logits to ``dtype`` and the temperature to float32, once, for everyone."""
+    return {
+        "logits": np.asarray(logits, np.float64).astype(numpy_dtype(dtype)),
+        "temperature": np.asarray(temperature, np.float32),
+    }
+
+
+def _random(dtype: str, batch: int, vocab: int, temperature: str, seed: int):
+    def make() -> Arrays:
+        rng = np.random.default_rng(seed)
+        logits = rng.standard_normal((batch, vocab)) * 4.0
+        if temperature == "mixed":
+            t = np.resize(np.roll(MIXED_TEMPERATURES, seed), batch)
+        else:
+            t = np.float32(temperature)
+        return _inputs(logits, t, dtype)
+
+    slow = batch * vocab > 600_000
+    return Case(f"{dtype}_B{batch}_V{vocab}_T{temperature}", make, TOLERANCE, slow=slow)
+
+
+def _fixed(name: str, rows, temperature, dtype: str = "float32") -> Case:
+    return Case(name, lambda: _inputs(np.array(rows, np.float64), temperature, dtype), TOLERANCE)
+
+
+def _cases() -> tuple[Case, ...]:
+    cases = []
+    seed = 0
+    for dtype in DTYPES:
+        for batch, vocab in ((1, 1), (5, 1000), (3, 4097), (2, 40000)):
+            for temperature in ("1.0", "mixed"):
+                seed += 1
+                cases.append(_random(dtype, batch, vocab, temperature, seed))
+    cases += [
+        _random("bfloat16", 2, 151936, "0.7", 101),
+        _random("bfloat16", 2, 201088, "mixed", 102),
+        _random("float32", 1, 262144, "1.0", 103),
+        _random("float32", 1024, 128, "mixed", 104),
+        _random("bfloat16", 8, 201088, "1.0", 105),
+        _random("float32", 0, 1000, "1.0", 106),
+        _fixed("all_equal_V50000", [[3.0] * 50000], 0.9),
+        _fixed("spread_1e6_T0.01", [[1e6, -1e6, 0.0]], 0.01),
+        _fixed("close_1e4_T0.01", [[1e4, 1e4 + 1, 1e4 - 1]], 0.01),
+        _fixed("magnitude_1e4_T1e-4", [[1e4, -1e4, 9999.9990234375, 0.5]], 1e-4),
+        Case("near_uniform_T100", _near_uniform, TOLERANCE),
+        Case("special_rows", _special_rows, TOLERANCE),
+    ]
+    return tuple(cases)
+
+
+def _near_uniform() -> Arrays:
+    rng = np.random.default_rng(7)
+    return _inputs(rng.standard_normal((4, 3000)), 100.0, "bfloat16")
+
+
+def _special_rows() -> Arrays:
+    """One row per special case of the contract, next to ordinary rows."""
+    inf, nan = np.inf, np.nan
+    v = 300
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((12, v)) * 3
+    temperature = np.ones(12)
+    rows[0, 17] = nan  # NaN logit: all NaN
+    rows[1] = -inf  # all -inf: zeros
+    rows[2, [5, 250]] = inf  # two +inf: half each
+    rows[3, [5, 250]] = inf  # ... and greedy: the first one
+    temperature[3] = 0.0
+    rows[4, :] = -inf  # a single finite logit
+    rows[4, 299] = -2.0
+    rows[5, ::2] = -inf  # half the row masked
+    temperature[6] = -1.0  # negative temperature at run time: NaN
+    temperature[7] = nan  # NaN temperature: NaN
+    temperature[8] = inf  # infinite temperature: uniform over entries above -inf
+    rows[8, :100] = -inf
+    temperature[9] = 1e-45  # subnormal temperature: greedy
+    rows[10, :] = 2.5  # ties everywhere, greedy: index 0
+    temperature[10] = 0.0
+    temperature[11] = 3.4e38  # huge but finite temperature
+    return _inputs(rows, temperature, "float32")
+
+
+OP = Op(
+    name="temperature_softmax",
+    output_dtypes=lambda inputs: {OUTPUT: "float32"},
+    reference=_reference,
+    runners={"tpu": _run_tpu, "gpu": _run_gpu},
+    cases=_cases(),
+)

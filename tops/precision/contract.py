@@ -1,0 +1,113 @@
+"""The three rules of the precision contract, as functions the tests and the report call.
+
+1. Each backend: ``nonfinite == 0``, ``special == 0`` and ``ε <= tolerance``.
+2. ``ε_TPU <= max(ε_GPU, floor) * 1.02`` wherever both backends run the case.
+3. Regression gate: ``ε <= 1.25 * baseline + 0.01 * floor`` where the ledger has an entry.
+
+Each rule returns a :class:`Verdict`; :func:`enforce` turns a failed one into an
+AssertionError. Messages name the op, case, output, mode(s), the ε values, the floor
+and the worst element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tops.precision.metrics import Comparison
+
+RULE2_SLACK = 1.02
+RULE3_GROWTH = 1.25
+RULE3_FLOOR_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One output of one case measured on one backend."""
+
+    op: str
+    case: str
+    output: str
+    backend: str
+    mode: str
+    comparison: Comparison
+
+    @property
+    def eps(self) -> float:
+        return self.comparison.rel_l2
+
+    @property
+    def where(self) -> str:
+        return f"{self.op}/{self.case} output {self.output!r}"
+
+    def worst(self) -> str:
+        c = self.comparison
+        return (
+            f"worst element {list(c.worst_index)} in {self.mode}: "
+            f"out={c.worst_out!r} ref={c.worst_ref!r} (max_ulp={c.max_ulp:.3g})"
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule: int
+    ok: bool
+    message: str
+
+    @property
+    def label(self) -> str:
+        return "pass" if self.ok else "FAIL"
+
+
+def _verdict(rule: int, ok: bool, detail: str) -> Verdict:
+    return Verdict(rule, ok, f"rule {rule} {'passed' if ok else 'failed'}: {detail}")
+
+
+def rule1(m: Measurement, tolerance: float, other: Measurement | None = None) -> Verdict:
+    """Finite where the reference is finite, special values identical, ``ε <= tolerance``.
+
+    ``other`` (the same output on the other backend, when measured) is quoted in the
+    message so that a failure shows both ε values.
+    """
+    c = m.comparison
+    ok = c.nonfinite == 0 and c.special == 0 and c.rel_l2 <= tolerance
+    other_eps = f", ε_{other.backend.upper()}={other.eps:.3e}" if other else ""
+    detail = (
+        f"{m.where} mode {m.mode}: ε_{m.backend.upper()}={c.rel_l2:.3e}{other_eps}, "
+        f"tolerance {tolerance:.3e}, floor {c.floor:.3e}, nonfinite {c.nonfinite}, "
+        f"special mismatches {c.special}; {m.worst()}"
+    )
+    return _verdict(1, ok, detail)
+
+
+def rule2(tpu: Measurement, gpu: Measurement) -> Verdict:
+    """``ε_TPU <= max(ε_GPU, floor) * 1.02``."""
+    floor = tpu.comparison.floor
+    bound = max(gpu.eps, floor) * RULE2_SLACK
+    ok = tpu.eps <= bound
+    detail = (
+        f"{tpu.where} modes {tpu.mode} vs {gpu.mode}: ε_TPU={tpu.eps:.3e}, "
+        f"ε_GPU={gpu.eps:.3e}, floor {floor:.3e}, bound max(ε_GPU, floor) x {RULE2_SLACK} "
+        f"= {bound:.3e}; {tpu.worst()}; {gpu.worst()}"
+    )
+    return _verdict(2, ok, detail)
+
+
+def rule3(m: Measurement, baseline: float | None) -> Verdict:
+    """``ε <= 1.25 * baseline + 0.01 * floor``; passes with a note when no baseline exists."""
+    c = m.comparison
+    if baseline is None:
+        return _verdict(3, True, f"{m.where} mode {m.mode}: no baseline entry")
+    bound = RULE3_GROWTH * baseline + RULE3_FLOOR_SHARE * c.floor
+    detail = (
+        f"{m.where} mode {m.mode}: ε_{m.backend.upper()}={c.rel_l2:.3e}, baseline "
+        f"{baseline:.3e}, bound {RULE3_GROWTH} x baseline + {RULE3_FLOOR_SHARE} x floor = "
+        f"{bound:.3e}, floor {c.floor:.3e}; {m.worst()}"
+    )
+    return _verdict(3, c.rel_l2 <= bound, detail)
+
+
+def enforce(*verdicts: Verdict) -> None:
+    """Raise AssertionError listing every failed verdict."""
+    failed = [v.message for v in verdicts if not v.ok]
+    if failed:
+        raise AssertionError("\n".join(failed))

@@ -1,0 +1,48 @@
+"""The baseline ledger: committed ε per (op, case, output, mode), read by rule 3.
+
+Rewritten only on request (``pytest --update-baseline`` or
+``python -m tops.precision report --update-baseline``); explain every change to
+``baseline.json`` in the commit message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tops.precision.contract import Measurement
+
+LEDGER_PATH = Path(__file__).with_name("baseline.json")
+
+
+def key(op: str, case: str, output: str, mode: str) -> str:
+    return f"{op}|{case}|{output}|{mode}"
+
+
+def load(path: Path = LEDGER_PATH) -> dict[str, dict[str, float]]:
+    """``{key: {"eps": ..., "floor": ...}}``; empty when the file does not exist."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())["entries"]
+
+
+def baseline(entries: dict, m: Measurement) -> float | None:
+    entry = entries.get(key(m.op, m.case, m.output, m.mode))
+    return None if entry is None else entry["eps"]
+
+
+def entry(m: Measurement) -> tuple[str, dict[str, float]]:
+    return key(m.op, m.case, m.output, m.mode), {"eps": m.eps, "floor": m.comparison.floor}
+
+
+def write(updates: Iterable[tuple[str, dict[str, float]]], path: Path = LEDGER_PATH) -> int:
+    """Merge ``updates`` into the ledger at ``path``; returns the number of entries written."""
+    entries = load(path)
+    count = 0
+    for k, value in updates:
+        entries[k] = value
+        count += 1
+    body = {"version": 1, "entries": dict(sorted(entries.items()))}
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return count

@@ -1,0 +1,63 @@
+"""The op registry: every op declares its cases once; the tests and the report read them.
+
+An op module (listed in ``OP_MODULES``) defines ``OP = Op(...)``: the reference, one
+runner per kernel backend and the cases. Runners take the case inputs as NumPy arrays
+(already rounded to the case dtype) and return NumPy outputs, so every backend and the
+reference see identical values.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+OP_MODULES = ("tops.precision.cases.temperature_softmax",)
+KERNEL_BACKENDS = ("tpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input configuration of an op.
+
+    ``make_inputs`` is deterministic (seeded). ``tolerance`` maps each output to its
+    rule-1 bound on ε, the op's documented tolerance for this dtype and shape.
+    """
+
+    name: str
+    make_inputs: Callable[[], Arrays]
+    tolerance: Mapping[str, float]
+    slow: bool = False
+
+
+@dataclass(frozen=True)
+class Op:
+    """An op: its outputs' dtypes, float64 reference, kernel runners and cases."""
+
+    name: str
+    output_dtypes: Callable[[Arrays], Mapping[str, str]]
+    reference: Callable[[Arrays], Arrays]
+    runners: Mapping[str, Callable[[Arrays], Arrays]]
+    cases: tuple[Case, ...] = field(default_factory=tuple)
+
+    def case(self, name: str) -> Case:
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise KeyError(f"{self.name} has no case {name!r}")
+
+
+@functools.cache
+def ops() -> dict[str, Op]:
+    """Every registered op by name."""
+    registered = (importlib.import_module(module).OP for module in OP_MODULES)
+    return {op.name: op for op in registered}
+
+
+def op(name: str) -> Op:
+    return ops()[name]

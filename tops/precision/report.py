@@ -1,0 +1,153 @@
+"""``python -m tops.precision report``: every registered case on every kernel backend,
+judged by the three rules, printed as a table and written as JSON and Markdown.
+
+Exit status 1 when any rule fails, so CI can gate on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tops import backends
+from tops.precision import ledger, runner
+from tops.precision.contract import Measurement, Verdict, rule1, rule2, rule3
+from tops.precision.registry import KERNEL_BACKENDS, ops
+
+COLUMNS = ("op", "case", "output", "modes", "ε_TPU", "ε_GPU", "floor", "rule 1", "rule 2", "rule 3")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One output of one case across the kernel backends, with its verdicts."""
+
+    measurements: dict[str, Measurement]
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts)
+
+    def cells(self) -> tuple[str, ...]:
+        first = next(iter(self.measurements.values()))
+
+        def eps(backend: str) -> str:
+            m = self.measurements.get(backend)
+            return "-" if m is None else f"{m.eps:.3e}"
+
+        def labels(rule: int) -> str:
+            return "/".join(v.label for v in self.verdicts if v.rule == rule) or "-"
+
+        return (
+            first.op,
+            first.case,
+            first.output,
+            "/".join(m.mode for m in self.measurements.values()),
+            eps("tpu"),
+            eps("gpu"),
+            f"{first.comparison.floor:.3e}",
+            labels(1),
+            labels(2),
+            labels(3),
+        )
+
+
+def judge(op_name: str, case_name: str, entries: dict, backends_run: tuple[str, ...]) -> list[Row]:
+    """Measure one case on ``backends_run`` and apply rules 1-3 to each output."""
+    spec = ops()[op_name]
+    case = spec.case(case_name)
+    per_backend = {b: runner.measure(op_name, case_name, b) for b in backends_run}
+    rows = []
+    for index, output in enumerate(spec.output_dtypes(runner.inputs(op_name, case_name))):
+        measured = {b: per_backend[b][index] for b in backends_run}
+        verdicts = []
+        for backend, m in measured.items():
+            other = next((o for b, o in measured.items() if b != backend), None)
+            verdicts.append(rule1(m, case.tolerance[output], other))
+        if "tpu" in measured and "gpu" in measured:
+            verdicts.append(rule2(measured["tpu"], measured["gpu"]))
+        verdicts += [rule3(m, ledger.baseline(entries, m)) for m in measured.values()]
+        rows.append(Row(measured, tuple(verdicts)))
+    return rows
+
+
+def _markdown(rows: list[Row], header: str) -> str:
+    lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    failures = [v.message for row in rows for v in row.verdicts if not v.ok]
+    if failures:
+        lines += ["", "## Failures", "", *[f"- {message}" for message in failures]]
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[Row]) -> str:
+    cells = [COLUMNS, *(row.cells() for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tops.precision report", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="directory for JSON/MD")
+    parser.add_argument("--op", action="append", help="only these ops (repeatable)")
+    parser.add_argument("--slow", action="store_true", help="include cases marked slow")
+    parser.add_argument("--backend", action="append", choices=KERNEL_BACKENDS, help="subset")
+    parser.add_argument(
+        "--update-baseline", action="store_true", help="rewrite the ledger entries measured"
+    )
+    args = parser.parse_args(argv)
+
+    modes = backends.modes()
+    header = (
+        f"# tops precision report\n\nmodes: {modes}; python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(header.replace("# ", "", 1).replace("\n\n", "\n"))
+    entries = ledger.load()
+    backends_run = tuple(args.backend or KERNEL_BACKENDS)
+    rows: list[Row] = []
+    for op_name, spec in ops().items():
+        if args.op and op_name not in args.op:
+            continue
+        for case in spec.cases:
+            if case.slow and not args.slow:
+                continue
+            rows += judge(op_name, case.name, entries, backends_run)
+
+    print(_table(rows))
+    failures = [v.message for row in rows for v in row.verdicts if not v.ok]
+    for message in failures:
+        print(message, file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "precision.md").write_text(_markdown(rows, header))
+    record = {
+        "modes": modes,
+        "rows": [
+            {
+                "measurements": {
+                    b: {"mode": m.mode, **m.comparison.as_dict()}
+                    for b, m in row.measurements.items()
+                },
+                "op": row.cells()[0],
+                "case": row.cells()[1],
+                "output": row.cells()[2],
+                "verdicts": [{"rule": v.rule, "ok": v.ok, "message": v.message} for v in row.verdicts],
+            }
+            for row in rows
+        ],
+        "ok": not failures,
+    }
+    (args.out / "precision.json").write_text(json.dumps(record, indent=1) + "\n")
+    if args.update_baseline:
+        written = ledger.write(ledger.entry(m) for row in rows for m in row.measurements.values())
+        print(f"baseline ledger: {written} entries written to {ledger.LEDGER_PATH}")
+    print(
+        f"{len(rows)} outputs, {len(failures)} rule failures; "
+        f"wrote {args.out / 'precision.md'} and {args.out / 'precision.json'}"
+    )
+    return 1 if failures else 0

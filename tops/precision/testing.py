@@ -1,0 +1,48 @@
+"""What every op's precision tests do, so that each ``tests/ops/<op>/test_precision.py``
+is three short functions over the registered cases."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from tops.precision import contract, ledger, runner
+from tops.precision.registry import op
+
+
+def case_params(op_name: str) -> list:
+    """``pytest.param`` per registered case: id = case name, ``slow`` mark where
+    registered, and one xdist group per case so its backends share the cached runs."""
+    return [
+        pytest.param(
+            case,
+            id=case.name,
+            marks=[pytest.mark.xdist_group(f"{op_name}/{case.name}")]
+            + ([pytest.mark.slow] if case.slow else []),
+        )
+        for case in op(op_name).cases
+    ]
+
+
+@functools.cache
+def _ledger() -> dict:
+    return ledger.load()
+
+
+def check_rules_1_and_3(op_name: str, case, backend: str, recorder: list) -> None:
+    """Rule 1 and rule 3 for every output of ``case`` on ``backend``; records the
+    measured ε for ``--update-baseline``."""
+    verdicts = []
+    for m in runner.measure(op_name, case.name, backend):
+        recorder.append(ledger.entry(m))
+        verdicts.append(contract.rule1(m, case.tolerance[m.output]))
+        verdicts.append(contract.rule3(m, ledger.baseline(_ledger(), m)))
+    contract.enforce(*verdicts)
+
+
+def check_rule2(op_name: str, case) -> None:
+    """Rule 2 (ε_TPU <= max(ε_GPU, floor) x 1.02) for every output of ``case``."""
+    tpu = runner.measure(op_name, case.name, "tpu")
+    gpu = runner.measure(op_name, case.name, "gpu")
+    contract.enforce(*(contract.rule2(t, g) for t, g in zip(tpu, gpu, strict=True)))
