@@ -7,7 +7,7 @@ kernel built from them computes the same bits in Pallas interpret mode as on a T
 transcendental function, division or fused multiply-add is used: their last bit differs
 between platforms. The error-free transformations (Knuth's TwoSum, Dekker's TwoProduct
 with Veltkamp's split) assume the multiply and add are *not* contracted into an FMA; XLA
-and Mosaic do not contract float32 by default, and ``tests/ops/test_double_float.py``
+and Mosaic do not contract float32 by default, and ``tests/ops/test_tpu_double_float.py``
 checks the exactness on millions of inputs in the mode under test.
 
 Inputs must stay away from overflow (``|a| < 2**100``); outputs below ``2**-126`` may
@@ -113,9 +113,10 @@ def exp_dd(y_hi, y_lo, *, scale_log2: int = 0):
     range into it, for a caller that scales them back after dividing.
 
     Relative error below 2**-29 for ``y >= -64``; below that the low part may be
-    flushed, leaving the float32 accuracy of ``hi`` (``tests/ops/test_double_float.py``
+    flushed, leaving the float32 accuracy of ``hi`` (``tests/ops/test_tpu_double_float.py``
     measures both against float64). ``y_hi`` may be ``-inf``; below
-    ``EXP_UNDERFLOW - scale_log2 * ln 2`` the result is exactly ``(0, 0)``. ``|y_lo|`` must be at most a few ulps of ``y_hi``.
+    ``EXP_UNDERFLOW - scale_log2 * ln 2`` the result is exactly ``(0, 0)``. ``|y_lo|``
+    must be at most a few ulps of ``y_hi``.
 
     Method: Cody-Waite reduction ``y = k ln2 + r1 + c`` with ``|r1| <= ln2 / 2``
     (``y - k LN2_HI`` is exact, since ``k LN2_HI`` is exact and close to ``y``; its sum

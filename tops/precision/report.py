@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 "op": row.cells()[0],
                 "case": row.cells()[1],
                 "output": row.cells()[2],
-                "verdicts": [{"rule": v.rule, "ok": v.ok, "message": v.message} for v in row.verdicts],
+                "verdicts": [
+                    {"rule": v.rule, "ok": v.ok, "message": v.message} for v in row.verdicts
+                ],
             }
             for row in rows
         ],

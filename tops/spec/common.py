@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
-
 
 def dtype_name(array) -> str:
     """``"bfloat16"``, ``"float32"``, ... for a NumPy, JAX or torch array."""

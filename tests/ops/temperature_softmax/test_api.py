@@ -54,7 +54,7 @@ def test_gpu_in_place_writes_the_probabilities_into_the_logits(vocab):
 
 
 def test_gpu_out_variant_and_its_validation():
-    x, logits = _logits(dtype=torch.bfloat16)
+    _, logits = _logits(dtype=torch.bfloat16)
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     assert gpu.temperature_softmax(logits, 0.5, out=out) is out
     ref = cpu.temperature_softmax(logits.float().cpu().numpy(), 0.5)

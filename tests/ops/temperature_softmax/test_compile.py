@@ -25,9 +25,7 @@ def test_tpu_lowers_to_mosaic(fn, shapes):
 
 @functools.cache
 def _hopper_results() -> dict[str, dict]:
-    return {
-        r["name"]: r for r in compile_gpu_kernels_in_subprocess() if r["module"] == MODULE
-    }
+    return {r["name"]: r for r in compile_gpu_kernels_in_subprocess() if r["module"] == MODULE}
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in gpu_kernel.compile_configs()])
@@ -59,5 +57,5 @@ def test_tpu_lowering_rejects_a_block_mosaic_cannot_tile():
             interpret=pallas_interpret(),
         )(x)
 
-    with pytest.raises(Exception, match="(?i)block"):
+    with pytest.raises(Exception, match=r"(?i)block"):
         lower_for_tpu(bad, jax.ShapeDtypeStruct((9, 300), jnp.float32))

@@ -215,14 +215,33 @@ def launch(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -
       temperature: ``float32[B]``, contiguous, on the logits' device.
       out: ``float32[B, V]``, last dim contiguous, rows not overlapping; may be ``logits``.
     """
-    batch, vocab = logits.shape
-    args = (logits, temperature, out, vocab, logits.stride(0), out.stride(0))
-    if vocab <= SINGLE_PASS_MAX_V:
-        block_v = triton.next_power_of_2(vocab)
-        _single_pass_kernel[(batch,)](*args, BLOCK_V=block_v, num_warps=num_warps_for(block_v))
+    if logits.shape[1] <= SINGLE_PASS_MAX_V:
+        launch_single_pass(logits, temperature, out)
     else:
-        block_v = MULTI_PASS_BLOCK_V
-        _multi_pass_kernel[(batch,)](*args, BLOCK_V=block_v, num_warps=num_warps_for(block_v))
+        launch_multi_pass(logits, temperature, out)
+
+
+def _row_args(logits, temperature, out) -> tuple:
+    """The runtime arguments both kernels take, in order."""
+    return (logits, temperature, out, logits.shape[1], logits.stride(0), out.stride(0))
+
+
+def launch_single_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor):
+    """:func:`launch` forced onto the single-pass kernel (any ``V``; for benchmarks)."""
+    batch, vocab = logits.shape
+    block_v = triton.next_power_of_2(vocab)
+    _single_pass_kernel[(batch,)](
+        *_row_args(logits, temperature, out), BLOCK_V=block_v, num_warps=num_warps_for(block_v)
+    )
+
+
+def launch_multi_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor):
+    """:func:`launch` forced onto the multi-pass kernel (any ``V``; for benchmarks)."""
+    _multi_pass_kernel[(logits.shape[0],)](
+        *_row_args(logits, temperature, out),
+        BLOCK_V=MULTI_PASS_BLOCK_V,
+        num_warps=num_warps_for(MULTI_PASS_BLOCK_V),
+    )
 
 
 def compile_configs() -> list[dict]:

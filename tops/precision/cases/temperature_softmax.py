@@ -1,15 +1,22 @@
 """Registered cases of temperature softmax: the random grid and the numerically hard rows.
 
-Tolerance (rule 1, both backends): ε <= 4e-6 for every case. The float32 result of a
-softmax row carries, per element, the error of the exponent ``y = (x - max) / T``
-(|y| times a few float32 roundings), of ``exp`` and of the normalisation. Only elements
-with ``|y| <= 30`` matter for ε (the rest are below 1e-13 of the row maximum), so the
-bound is about ``(2 * 30 + 4) * 2**-24 ≈ 3.8e-6`` whatever the dtype, the size of the
-row or the temperature. The measured ε of every case is recorded in the baseline
-ledger; the TPU kernel sits at the float32 floor (about 3e-8).
+Tolerance (rule 1, both backends), for a row of ``V`` entries::
+
+    ε <= (ln V + 3) * 2**-24 + 2**-22
+
+Per element, with ``y = (x - max) / T`` in natural units, a float32 kernel rounds the
+exponent (``|y| * 2**-23`` relative after exp: the scale ``log2(e) / T`` and the product
+each round once) and then ``exp``, the sum and the normalisation (about ``3 * 2**-24``).
+ε weights each element's relative error by ``p**2``; the ``p**2``-weighted root mean
+square of ``|y|`` over a row is at most ``ln(V) / 2`` (the worst row has one maximum and
+``V - 1`` entries at ``y = ln(V) / 2``). The last term leaves room for the native GPU's
+``ex2.approx`` (2 ulp). Measured in interpret mode: ε_GPU <= 1.5e-7 on every case, ε_TPU at
+the float32 floor (the double-float kernel rounds once).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -17,7 +24,6 @@ from tops.precision.metrics import numpy_dtype
 from tops.precision.registry import Arrays, Case, Op
 
 OUTPUT = "probs"
-TOLERANCE = {OUTPUT: 4e-6}
 DTYPES = ("float32", "bfloat16", "float16")
 # a per-row mixture covering greedy, tiny, ordinary and large temperatures
 MIXED_TEMPERATURES = (0.0, 1e-4, 0.05, 0.7, 1.0, 1.5, 10.0, 100.0)
@@ -48,6 +54,11 @@ def _run_gpu(inputs: Arrays) -> Arrays:
     return {OUTPUT: from_torch(out)}
 
 
+def tolerance(vocab: int) -> dict[str, float]:
+    """The rule-1 bound on ε for rows of ``vocab`` entries (module docstring)."""
+    return {OUTPUT: (math.log(max(vocab, 1)) + 3.0) * 2.0**-24 + 2.0**-22}
+
+
 def _inputs(logits: np.ndarray, temperature, dtype: str) -> Arrays:
     """Round the logits to ``dtype`` and the temperature to float32, once, for everyone."""
     return {
@@ -61,17 +72,19 @@ def _random(dtype: str, batch: int, vocab: int, temperature: str, seed: int):
         rng = np.random.default_rng(seed)
         logits = rng.standard_normal((batch, vocab)) * 4.0
         if temperature == "mixed":
-            t = np.resize(np.roll(MIXED_TEMPERATURES, seed), batch)
+            t = rng.choice(MIXED_TEMPERATURES, size=batch)
         else:
             t = np.float32(temperature)
         return _inputs(logits, t, dtype)
 
     slow = batch * vocab > 600_000
-    return Case(f"{dtype}_B{batch}_V{vocab}_T{temperature}", make, TOLERANCE, slow=slow)
+    name = f"{dtype}_B{batch}_V{vocab}_T{temperature}"
+    return Case(name, make, tolerance(vocab), slow=slow)
 
 
 def _fixed(name: str, rows, temperature, dtype: str = "float32") -> Case:
-    return Case(name, lambda: _inputs(np.array(rows, np.float64), temperature, dtype), TOLERANCE)
+    rows = np.array(rows, np.float64)
+    return Case(name, lambda: _inputs(rows, temperature, dtype), tolerance(rows.shape[1]))
 
 
 def _cases() -> tuple[Case, ...]:
@@ -93,8 +106,8 @@ def _cases() -> tuple[Case, ...]:
         _fixed("spread_1e6_T0.01", [[1e6, -1e6, 0.0]], 0.01),
         _fixed("close_1e4_T0.01", [[1e4, 1e4 + 1, 1e4 - 1]], 0.01),
         _fixed("magnitude_1e4_T1e-4", [[1e4, -1e4, 9999.9990234375, 0.5]], 1e-4),
-        Case("near_uniform_T100", _near_uniform, TOLERANCE),
-        Case("special_rows", _special_rows, TOLERANCE),
+        Case("near_uniform_T100", _near_uniform, tolerance(3000)),
+        Case("special_rows", _special_rows, tolerance(300)),
     ]
     return tuple(cases)
 
