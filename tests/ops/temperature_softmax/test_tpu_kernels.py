@@ -60,3 +60,16 @@ def test_tpu_sits_at_the_float32_floor(case):
     (measured: equal to it to 4+ significant digits on every case)."""
     for m in runner.measure("temperature_softmax", case.name, "tpu"):
         assert m.eps <= m.comparison.floor * 1.01, m.worst()
+
+
+def test_tpu_kernels_under_the_checked_interpreter(monkeypatch):
+    """With race detection and NaN-filled uninitialised memory (in tpu-interpret mode),
+    both paths still give the reference's probabilities: no scratch is read before it is
+    written, and partial row and column blocks never leak into valid rows."""
+    monkeypatch.setenv("TOPS_TPU_INTERPRET", "checked")
+    x = np.random.default_rng(8).standard_normal((10, 1000)).astype(np.float32)
+    ref = cpu.temperature_softmax(x, 0.7)
+    floor = compare(ref.astype(np.float32), ref, "float32").rel_l2
+    single = np.asarray(ops.temperature_softmax(jnp.asarray(x), 0.7))
+    assert compare(single, ref, "float32").rel_l2 <= floor * 1.01
+    assert compare(_two_pass(x, 0.7), ref, "float32").rel_l2 <= floor * 1.01

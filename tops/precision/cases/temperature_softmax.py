@@ -102,6 +102,7 @@ def _cases() -> tuple[Case, ...]:
         _random("float32", 1024, 128, "mixed", 104),
         _random("bfloat16", 8, 201088, "1.0", 105),
         _random("float32", 0, 1000, "1.0", 106),
+        _random("bfloat16", 2, 300000, "mixed", 107),
         _fixed("all_equal_V50000", [[3.0] * 50000], 0.9),
         _fixed("spread_1e6_T0.01", [[1e6, -1e6, 0.0]], 0.01),
         _fixed("close_1e4_T0.01", [[1e4, 1e4 + 1, 1e4 - 1]], 0.01),
