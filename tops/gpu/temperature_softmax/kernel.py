@@ -93,6 +93,16 @@ def _row_scale(t):
 
 
 @triton.jit
+def _special_rows(p, offs, first_max, greedy, empty_row, nan_row):
+    """Apply the special rows to probabilities ``p`` at columns ``offs``, in order of
+    precedence: NaN row, then empty (all ``-inf``) row: zeros, then greedy: one-hot at
+    ``first_max``."""
+    p = tl.where(greedy, tl.where(offs == first_max, 1.0, 0.0), p)
+    p = tl.where(empty_row, 0.0, p)
+    return tl.where(nan_row, float("nan"), p)
+
+
+@triton.jit
 def _single_pass_kernel(
     logits_ptr,
     temperature_ptr,
@@ -130,9 +140,7 @@ def _single_pass_kernel(
     inv = tl.math.div_rn(1.0, tl.where(s > 0.0, s, 1.0))
     p = e * inv
 
-    p = tl.where(greedy, tl.where(offs == first_max, 1.0, 0.0), p)
-    p = tl.where(m == float("-inf"), 0.0, p)
-    p = tl.where(t_bad | has_nan, float("nan"), p)
+    p = _special_rows(p, offs, first_max, greedy, m == float("-inf"), t_bad | has_nan)
     tl.store(out_ptr + row * out_row_stride + offs, p, mask=mask)
 
 
@@ -201,9 +209,7 @@ def _multi_pass_kernel(
         mask = offs < V
         x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
         p = tl.exp2(_exponent(x, m_run, c)) * inv
-        p = tl.where(greedy, tl.where(offs == arg_run, 1.0, 0.0), p)
-        p = tl.where(zero_row, 0.0, p)
-        p = tl.where(special_nan, float("nan"), p)
+        p = _special_rows(p, offs, arg_run, greedy, zero_row, special_nan)
         tl.store(out_row + offs, p, mask=mask)
 
 
