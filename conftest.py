@@ -3,6 +3,7 @@ and a guard that every test under tests/ops names its backend in its id."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,7 +13,14 @@ import pytest
 
 from tops import backends
 
-_LEDGER_UPDATES = Path(__file__).parent / ".pytest_cache" / "tops-ledger-updates"
+
+def _updates_dir() -> Path:
+    """Where xdist workers leave ledger updates for the controller: one folder per
+    ledger file, so runs aimed at different ledgers (TOPS_BASELINE) never mix."""
+    from tops.precision import ledger
+
+    digest = hashlib.sha1(str(ledger.LEDGER_PATH.resolve()).encode()).hexdigest()[:12]
+    return Path(__file__).parent / ".pytest_cache" / "tops-ledger-updates" / digest
 
 
 def pytest_addoption(parser):
@@ -31,7 +39,7 @@ def pytest_report_header(config):
 def pytest_configure(config):
     # Runs on the xdist controller before any worker starts: clear earlier updates.
     if config.getoption("--update-baseline") and not hasattr(config, "workerinput"):
-        shutil.rmtree(_LEDGER_UPDATES, ignore_errors=True)
+        shutil.rmtree(_updates_dir(), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,9 +62,10 @@ def ledger_recorder(request):
     entries: list = []
     yield entries
     if request.config.getoption("--update-baseline") and entries:
-        _LEDGER_UPDATES.mkdir(parents=True, exist_ok=True)
+        updates = _updates_dir()
+        updates.mkdir(parents=True, exist_ok=True)
         worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-        (_LEDGER_UPDATES / f"{worker}.json").write_text(json.dumps(entries))
+        (updates / f"{worker}.json").write_text(json.dumps(entries))
 
 
 def pytest_sessionfinish(session):
@@ -66,7 +75,7 @@ def pytest_sessionfinish(session):
     from tops.precision import ledger
 
     updates = []
-    for path in sorted(_LEDGER_UPDATES.glob("*.json")):
+    for path in sorted(_updates_dir().glob("*.json")):
         updates += [tuple(e) for e in json.loads(path.read_text())]
     written = ledger.write(updates)
     print(f"\nbaseline ledger: {written} entries written to {ledger.LEDGER_PATH}")

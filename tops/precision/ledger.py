@@ -2,18 +2,20 @@
 
 Rewritten only on request (``pytest --update-baseline`` or
 ``python -m tops.precision report --update-baseline``); explain every change to
-``baseline.json`` in the commit message.
+``baseline.json`` in the commit message. ``TOPS_BASELINE=PATH`` points both at another
+ledger file (the tests of the option itself use it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from tops.precision.contract import Measurement
 
-LEDGER_PATH = Path(__file__).with_name("baseline.json")
+LEDGER_PATH = Path(os.environ.get("TOPS_BASELINE") or Path(__file__).with_name("baseline.json"))
 
 
 def key(op: str, case: str, output: str, mode: str) -> str:

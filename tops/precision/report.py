@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tops.precision report", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("reports"), help="directory for JSON/MD")
     parser.add_argument("--op", action="append", help="only these ops (repeatable)")
+    parser.add_argument("--case", action="append", help="only these cases (repeatable)")
     parser.add_argument("--slow", action="store_true", help="include cases marked slow")
     parser.add_argument("--backend", action="append", choices=KERNEL_BACKENDS, help="subset")
     parser.add_argument(
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.op and op_name not in args.op:
             continue
         for case in spec.cases:
-            if case.slow and not args.slow:
+            if (case.slow and not args.slow) or (args.case and case.name not in args.case):
                 continue
             rows += judge(op_name, case.name, entries, backends_run)
 
