@@ -4,11 +4,12 @@ The probabilities are computed in double-float32 (``tops.ops.double_float``) and
 once at the end, so every output is the correctly rounded float32 of a value accurate to
 about 2**-29: the kernel's error is the float32 rounding floor of the contract, up to
 a few parts in a thousand. Only IEEE add, multiply and compare enter a probability
-(the hardware divide only seeds a corrected quotient), so interpret mode computes the
-bits a TPU computes.
+(the hardware divide only seeds a corrected quotient), so interpret mode should compute
+what a TPU computes, up to the rounding of values within 2**-29 of a float32 midpoint
+(not yet checked on TPU hardware).
 
-Layout: rows of ``ROWS`` logits per block (8 sublanes for float32, 16 for the packed
-16-bit dtypes), the vocabulary walked in 128-lane slices. Each lane keeps its own
+Layout: ``rows_per_block`` rows per block (8 sublanes for float32 logits, 16 for the
+packed 16-bit dtypes), the vocabulary walked in 128-lane slices. Each lane keeps its own
 running maximum, first arg-maximum and double-float sum of ``exp((x - max) / T)``;
 lanes are combined once per row at the end (the sum by a ``pltpu.roll`` butterfly of
 error-free additions). Columns at or past ``V`` and rows past ``B`` are partial blocks:
@@ -76,9 +77,9 @@ def _scaled_gap(x, m, row: _RowParams):
 
     ``x`` has no NaN; ``m >= x``. The gap is ``-inf`` where ``x`` is ``-inf`` or where
     ``m`` is ``+inf`` and ``x`` is not, and ``0`` where ``x == m`` or the temperature
-    counts as infinite; elsewhere both
-    operands are finite and the difference and the quotient are carried exactly to
-    about 2**-44 (TwoSum, then the division residual through TwoProduct).
+    counts as infinite; elsewhere both operands are finite and the difference and the
+    quotient are carried to about 2**-44 (TwoSum, then the division residual through
+    TwoProduct).
     """
     dropped = (x == -jnp.inf) | ((m == jnp.inf) & (x != m))
     at_max = (x == m) & ~dropped
