@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -56,16 +57,25 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid}: a tests/ops id must contain tpu or gpu")
 
 
+@dataclass
+class LedgerSession:
+    """What the precision tests of one process measured for the baseline ledger."""
+
+    updating: bool  # --update-baseline: rule 3 is reported by the rewrite, not asserted
+    entries: list = field(default_factory=list)
+
+
 @pytest.fixture(scope="session")
-def ledger_recorder(request):
-    """Collects measured ε for ``--update-baseline``: a list to append ledger entries to."""
-    entries: list = []
-    yield entries
-    if request.config.getoption("--update-baseline") and entries:
+def baseline_ledger(request):
+    """The session's :class:`LedgerSession`; with ``--update-baseline`` its entries are
+    handed to the controller, which rewrites the ledger at the end of the run."""
+    session = LedgerSession(updating=request.config.getoption("--update-baseline"))
+    yield session
+    if session.updating and session.entries:
         updates = _updates_dir()
         updates.mkdir(parents=True, exist_ok=True)
         worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-        (updates / f"{worker}.json").write_text(json.dumps(entries))
+        (updates / f"{worker}.json").write_text(json.dumps(session.entries))
 
 
 def pytest_sessionfinish(session):
@@ -77,5 +87,8 @@ def pytest_sessionfinish(session):
     updates = []
     for path in sorted(_updates_dir().glob("*.json")):
         updates += [tuple(e) for e in json.loads(path.read_text())]
+    before = ledger.load()
     written = ledger.write(updates)
-    print(f"\nbaseline ledger: {written} entries written to {ledger.LEDGER_PATH}")
+    lines = [f"\nbaseline ledger: {written} entries written to {ledger.LEDGER_PATH}"]
+    lines += ledger.describe_changes(before, ledger.load())
+    print("\n".join(lines))

@@ -48,3 +48,18 @@ def write(updates: Iterable[tuple[str, dict[str, float]]], path: Path = LEDGER_P
     body = {"version": 1, "entries": dict(sorted(entries.items()))}
     path.write_text(json.dumps(body, indent=1) + "\n")
     return count
+
+
+def describe_changes(before: dict, after: dict) -> list[str]:
+    """One line per entry added, removed or moved between two ledgers, for the commit
+    message that must explain a ledger change."""
+    lines = []
+    for k in sorted(before.keys() | after.keys()):
+        old, new = before.get(k), after.get(k)
+        if old is None:
+            lines.append(f"  added   {k}: eps {new['eps']:.4e}")
+        elif new is None:
+            lines.append(f"  removed {k}: eps {old['eps']:.4e}")
+        elif old["eps"] != new["eps"]:
+            lines.append(f"  moved   {k}: eps {old['eps']:.4e} -> {new['eps']:.4e}")
+    return lines

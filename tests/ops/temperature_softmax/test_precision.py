@@ -9,8 +9,8 @@ OP = "temperature_softmax"
 
 @pytest.mark.parametrize("case", case_params(OP))
 @pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_rules_1_and_3(backend, case, ledger_recorder):
-    check_rules_1_and_3(OP, case, backend, ledger_recorder)
+def test_rules_1_and_3(backend, case, baseline_ledger):
+    check_rules_1_and_3(OP, case, backend, baseline_ledger)
 
 
 @pytest.mark.parametrize("case", case_params(OP))
