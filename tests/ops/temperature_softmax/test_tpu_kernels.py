@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tops import cpu, ops
+from tops.backends import pallas_interpret
 from tops.ops.temperature_softmax import kernel
 from tops.precision import runner
 from tops.precision.metrics import compare
@@ -19,7 +20,8 @@ inf, nan = np.inf, np.nan
 
 def _two_pass(x, t, block_v=256):
     t_col = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))[:, None]
-    return np.asarray(kernel.two_pass(jnp.asarray(x), t_col, block_v=block_v))
+    out = kernel.two_pass(jnp.asarray(x), t_col, interpret=pallas_interpret(), block_v=block_v)
+    return np.asarray(out)
 
 
 def test_tpu_two_pass_across_blocks_matches_the_reference():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from tops.backends import pallas_interpret
 from tops.ops.temperature_softmax import kernel
 from tops.spec.temperature_softmax import validate
 
@@ -31,12 +34,15 @@ def temperature_softmax(logits: jax.Array, temperature) -> jax.Array:
     batch, vocab = logits.shape
     if batch == 0:
         return jnp.zeros((0, vocab), jnp.float32)
-    temperature_col = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (batch,))[:, None]
-    if pl_width(vocab) <= kernel.SINGLE_PASS_MAX_V:
-        return kernel.single_pass(logits, temperature_col)
-    return kernel.two_pass(logits, temperature_col)
+    return _softmax(logits, jnp.asarray(temperature, jnp.float32), interpret=pallas_interpret())
 
 
-def pl_width(vocab: int) -> int:
-    """Columns of a whole-row block: ``V`` rounded up to the 128 lanes."""
-    return -(-vocab // kernel.LANES) * kernel.LANES
+@functools.partial(jax.jit, static_argnames="interpret")
+def _softmax(logits, temperature, *, interpret):
+    """The kernel launch for ``logits [B >= 1, V]`` and float32 ``temperature [] | [B]``,
+    compiled once per shape, dtype and interpret mode."""
+    batch, vocab = logits.shape
+    temperature_col = jnp.broadcast_to(temperature, (batch,))[:, None]
+    if kernel.row_width(vocab) <= kernel.SINGLE_PASS_MAX_V:
+        return kernel.single_pass(logits, temperature_col, interpret=interpret)
+    return kernel.two_pass(logits, temperature_col, interpret=interpret)

@@ -34,7 +34,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tops.backends import pallas_interpret
 from tops.ops.double_float import add_dd, div_dd_to_f32, exp_dd, mul_dd, two_prod, two_sum
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
 
@@ -50,6 +49,11 @@ _INT_MAX = jnp.iinfo(jnp.int32).max
 _BUTTERFLY_SHIFTS = (64, 32, 16, 8, 4, 2, 1)
 _LIFT_LOG2 = 8
 _UNLIFT = 2.0**-_LIFT_LOG2
+
+
+def row_width(vocab: int) -> int:
+    """Columns of a whole-row block: ``V`` rounded up to the 128 lanes."""
+    return pl.cdiv(vocab, LANES) * LANES
 
 
 def rows_per_block(dtype) -> int:
@@ -223,11 +227,12 @@ def _single_pass_kernel(t_ref, x_ref, o_ref, *, vocab):
     _write_probabilities(x_ref, o_ref, n_slices, 0, vocab, row, stats)
 
 
-def single_pass(logits, temperature_col):
-    """Launch the single-pass kernel: ``logits [B, V]``, ``temperature_col f32[B, 1]``."""
+def single_pass(logits, temperature_col, *, interpret):
+    """Launch the single-pass kernel: ``logits [B, V]``, ``temperature_col f32[B, 1]``;
+    ``interpret`` is ``pl.pallas_call``'s (``tops.backends.pallas_interpret()``)."""
     batch, vocab = logits.shape
     rows = rows_per_block(logits.dtype)
-    width = pl.cdiv(vocab, LANES) * LANES
+    width = row_width(vocab)
     return pl.pallas_call(
         functools.partial(_single_pass_kernel, vocab=vocab),
         grid=(pl.cdiv(batch, rows),),
@@ -238,7 +243,7 @@ def single_pass(logits, temperature_col):
         out_specs=pl.BlockSpec((rows, width), lambda i: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
-        interpret=pallas_interpret(),
+        interpret=interpret,
     )(temperature_col, logits)
 
 
@@ -335,8 +340,9 @@ def _normalize_kernel(
     _write_probabilities(x_ref, o_ref, block_v // LANES, col0, vocab, row, stats)
 
 
-def two_pass(logits, temperature_col, *, block_v=TWO_PASS_BLOCK_V):
-    """Launch the statistics then the normalise kernel: ``logits [B, V]``, ``f32[B, 1]``."""
+def two_pass(logits, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
+    """Launch the statistics then the normalise kernel: ``logits [B, V]``, ``f32[B, 1]``;
+    ``interpret`` as for :func:`single_pass`, ``block_v`` a multiple of 128."""
     batch, vocab = logits.shape
     rows = rows_per_block(logits.dtype)
     grid = (pl.cdiv(batch, rows), pl.cdiv(vocab, block_v))
@@ -361,7 +367,7 @@ def two_pass(logits, temperature_col, *, block_v=TWO_PASS_BLOCK_V):
             pltpu.VMEM((rows, LANES), jnp.float32),
         ],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
-        interpret=pallas_interpret(),
+        interpret=interpret,
     )(temperature_col, logits)
     return pl.pallas_call(
         functools.partial(_normalize_kernel, vocab=vocab),
@@ -370,7 +376,7 @@ def two_pass(logits, temperature_col, *, block_v=TWO_PASS_BLOCK_V):
         out_specs=x_spec,
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
-        interpret=pallas_interpret(),
+        interpret=interpret,
     )(temperature_col, *stats, logits)
 
 
