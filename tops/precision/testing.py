@@ -1,5 +1,5 @@
 """What every op's precision tests do, so that each ``tests/ops/<op>/test_precision.py``
-is three short functions over the registered cases."""
+is two short test functions over the registered cases."""
 
 from __future__ import annotations
 

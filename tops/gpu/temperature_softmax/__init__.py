@@ -26,7 +26,9 @@ def temperature_softmax(logits, temperature, *, out=None) -> torch.Tensor:
       ``float32[B, V]`` probabilities (``out`` when given). Per row: NaN or negative
       temperature, or any NaN logit, gives all NaN; an all ``-inf`` row gives all zeros; a
       temperature below the smallest normal float32 gives a one-hot row at the first
-      maximum; a ``+inf`` maximum shares the mass evenly among the ``+inf`` entries.
+      maximum; one of at least ``2**64`` a row uniform over the entries above ``-inf``;
+      a ``+inf`` maximum shares the mass evenly among the ``+inf`` entries. A negative
+      Python-number temperature raises ValueError.
     """
     validate(logits, temperature)
     _require_device("logits", logits)

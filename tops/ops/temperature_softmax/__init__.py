@@ -17,17 +17,18 @@ def temperature_softmax(logits: jax.Array, temperature) -> jax.Array:
 
     Args:
       logits: ``[B, V]`` bf16, f16 or f32; any ``B >= 0`` and ``V >= 1``.
-      temperature: scalar or ``[B]``, converted to float32. Python numbers and NumPy
-        arrays must be ``>= 0`` (ValueError otherwise); traced values that are negative
-        or NaN give a NaN row.
+      temperature: scalar or ``[B]``, converted to float32. A Python number must be
+        ``>= 0`` (ValueError otherwise); array entries that are negative or NaN give a
+        NaN row.
 
     Returns:
       ``float32[B, V]``. The max is taken over the raw logits, so any temperature is
       stable. Special rows, identical on every backend: NaN logit or invalid
       temperature: all NaN; all ``-inf``: all zeros; temperature below the smallest
-      normal float32 (zero included): one-hot at the first maximum; ``+inf`` logits
-      share the mass evenly. Values are correctly rounded to float32 up to about
-      2**-29 relative (ARCHITECTURE.md, temperature softmax).
+      normal float32 (zero included): one-hot at the first maximum; temperature of at
+      least ``2**64``: uniform over the entries above ``-inf``; ``+inf`` logits share
+      the mass evenly. Values are correctly rounded to float32 up to about 2**-29
+      relative (ARCHITECTURE.md, temperature softmax).
     """
     validate(logits, temperature)
     logits = jnp.asarray(logits)
