@@ -7,7 +7,8 @@ maximum over its non-NaN entries (the contract of ``tops.cpu.temperature_softmax
 2. else ``m == -inf``: the row is zeros.
 3. else ``T < SMALLEST_NORMAL_F32``: one-hot at the first index where ``x == m``.
 4. else ``p = exp2(z) * (1 / sum(exp2(z)))`` with the exponent ``z`` of :func:`_exponent`,
-   masked before ``exp2`` and scaled by ``c = LOG2E / T`` (computed once per row).
+   masked before ``exp2`` and scaled by ``c = LOG2E / T`` (computed once per row;
+   ``c = 0`` for ``T >= UNIFORM_TEMPERATURE``, which gives a uniform row).
 
 The maximum is taken over the raw logits, never over ``x / T``. NaN detection is explicit
 (``x != x``) and the maximum is taken over ``where(isnan, -inf, x)``, so no result depends
