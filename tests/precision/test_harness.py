@@ -198,17 +198,16 @@ def _fake_op(tpu_kernel):
     ids=["exact", "bfloat16"],
 )
 def test_report_prints_writes_and_gates(monkeypatch, tmp_path, capsys, tpu_kernel, exit_code):
-    from tops.precision import registry, runner
+    from tops.precision import runner
 
     monkeypatch.setattr(report, "ops", lambda: {"softmax_demo": _fake_op(tpu_kernel)})
-    monkeypatch.setattr(registry, "op", lambda name: _fake_op(tpu_kernel))
     monkeypatch.setattr(runner, "op", lambda name: _fake_op(tpu_kernel))
-    for cached in (runner.inputs, runner.reference, runner.kernel_outputs, runner.measure):
+    for cached in (runner.inputs, runner.reference, runner.measure):
         cached.cache_clear()
     try:
         assert report.main(["--out", str(tmp_path)]) == exit_code
     finally:
-        for cached in (runner.inputs, runner.reference, runner.kernel_outputs, runner.measure):
+        for cached in (runner.inputs, runner.reference, runner.measure):
             cached.cache_clear()
     printed = capsys.readouterr()
     assert "ε_TPU" in printed.out and "softmax_demo" in printed.out
