@@ -155,6 +155,45 @@ def test_rule3_gates_a_regression_against_the_ledger():
     assert contract.rule3(m, baseline=None).ok
 
 
+def test_exact_outputs_count_every_mismatch_including_signed_zero():
+    ref = np.array([3.0, 0.0, np.nan, -np.inf])
+    assert compare(ref.copy(), ref, "exact").rel_l2 == 0.0
+    c = compare(np.array([3.0, -0.0, np.nan, -np.inf]), ref, "exact")
+    assert c.rel_l2 == 0.25 and c.worst_index == (1,) and c.floor == 0.0
+    assert compare(np.array([3.0, 0.0, 1.0, -np.inf]), ref, "exact").rel_l2 == 0.25
+
+
+def _topk_keeping_higher_index_on_ties(inputs):
+    """A wrong tie rule: among equal values the higher index comes first."""
+    x = inputs["x"].astype(np.float64)
+    k = int(inputs["k"])
+    vocab = x.shape[1]
+    order = np.lexsort((-np.arange(vocab)[None, :].repeat(len(x), 0), -x), axis=-1)[:, :k]
+    return {"values": np.take_along_axis(x, order, -1), "indices": order.astype(np.int32)}
+
+
+def test_rule1_catches_a_wrong_tie_rule_on_a_tie_dense_topk_case():
+    from tops.precision.registry import op
+
+    spec = op("topk")
+    case = spec.case("ties_bfloat16_B4_V50257_k1000")
+    inputs = case.make_inputs()
+    ref = spec.reference(inputs)
+    got = _topk_keeping_higher_index_on_ties(inputs)
+    indices = Measurement(
+        "topk",
+        case.name,
+        "indices",
+        "tpu",
+        "tpu-interpret",
+        compare(got["indices"], ref["indices"], "exact"),
+    )
+    verdict = contract.rule1(indices, case.tolerance["indices"])
+    assert not verdict.ok and indices.eps > 0.9
+    # The values alone cannot see a tie rule: equal values are equal.
+    assert compare(got["values"], ref["values"], "exact").rel_l2 == 0.0
+
+
 # --- ledger and report ---------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """float64 golden references, written for clarity, not speed (NumPy in, float64 out)."""
 
 from tops.cpu.temperature_softmax import temperature_softmax
+from tops.cpu.topk import topk
 
-__all__ = ["temperature_softmax"]
+__all__ = ["temperature_softmax", "topk"]

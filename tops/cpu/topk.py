@@ -21,7 +21,7 @@ def topk(x, k, *, max_k=None) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     width, per_row = validate(x, k, max_k)
     values = x.astype(np.float64)
-    batch, vocab = values.shape
+    vocab = values.shape[1]
     is_nan = np.isnan(values)
     descending = -np.where(is_nan, 0.0, values)
     negative_zero = (values == 0) & np.signbit(values)

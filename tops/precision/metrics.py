@@ -18,6 +18,12 @@
 Values below the smallest normal number of a float32 or bfloat16 output compare as
 zero, in ``out`` and in ``ref`` alike: TPUs and the fast GPU instructions flush float32
 subnormals, so no kernel can be held to them (float16 keeps its subnormals).
+
+Discrete outputs (indices, tokens, and values selected from the input such as top-k
+values) use the output dtype ``EXACT``: an element matches when it is identical to the
+reference (the same float64 bit pattern, so ``-0.0 != +0.0``; NaN matches NaN), and
+``rel_l2`` is the fraction of elements that do not match; the floor is 0, so the rules
+demand equality (tolerance 0).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ _FORMATS = {
     "bfloat16": (7, -126),
 }
 _FLUSHED = ("float32", "bfloat16")
+EXACT = "exact"
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -88,14 +95,41 @@ def _rel_l2(diff: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(diff)) / (norm if norm > 0 else 1.0)
 
 
+def _compare_exact(out: np.ndarray, ref: np.ndarray) -> Comparison:
+    identical = (out.view(np.int64) == ref.view(np.int64)) | (np.isnan(out) & np.isnan(ref))
+    mismatched = ~identical
+    count = int(np.count_nonzero(mismatched))
+    if count:
+        worst = np.unravel_index(int(np.argmax(mismatched)), out.shape)
+        worst_index, worst_out, worst_ref = tuple(int(i) for i in worst), out[worst], ref[worst]
+        with np.errstate(invalid="ignore"):
+            max_abs = float(np.nanmax(np.where(mismatched, np.abs(out - ref), 0.0)))
+    else:
+        worst_index, worst_out, worst_ref, max_abs = (), 0.0, 0.0, 0.0
+    return Comparison(
+        rel_l2=count / out.size if out.size else 0.0,
+        max_abs=max_abs,
+        max_ulp=0.0,
+        nonfinite=0,
+        special=0,
+        floor=0.0,
+        worst_index=worst_index,
+        worst_out=float(worst_out),
+        worst_ref=float(worst_ref),
+    )
+
+
 def compare(out, ref, dtype: str) -> Comparison:
-    """Compare ``out`` (any real dtype) with the float64 ``ref`` for output dtype ``dtype``."""
+    """Compare ``out`` (any real dtype) with the float64 ``ref`` for output dtype ``dtype``
+    (a float dtype name, or ``EXACT`` for discrete outputs)."""
     out = np.asarray(out).astype(np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if out.shape != ref.shape:
         raise ValueError(f"out has shape {out.shape}, the reference {ref.shape}")
+    if dtype == EXACT:
+        return _compare_exact(out, ref)
     if dtype not in _FORMATS:
-        raise ValueError(f"dtype must be one of {tuple(_FORMATS)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {(*_FORMATS, EXACT)}, got {dtype!r}")
     if dtype in _FLUSHED:
         out, ref = _flush_subnormals(out, dtype), _flush_subnormals(ref, dtype)
     finite_ref = np.isfinite(ref)

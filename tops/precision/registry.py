@@ -17,7 +17,10 @@ import numpy as np
 
 Arrays = dict[str, np.ndarray]
 
-OP_MODULES = ("tops.precision.cases.temperature_softmax",)
+OP_MODULES = (
+    "tops.precision.cases.temperature_softmax",
+    "tops.precision.cases.topk",
+)
 KERNEL_BACKENDS = ("tpu", "gpu")
 
 
