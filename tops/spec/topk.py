@@ -66,4 +66,3 @@ def validate(x, k, max_k=None) -> tuple[int, bool]:
     if not 1 <= width <= vocab:
         raise ValueError(f"max_k must satisfy 1 <= max_k <= V = {vocab}, got {width}")
     return width, True
-

@@ -1,0 +1,272 @@
+"""float64 references for chunked simple GLA; ``tops/spec/simple_gla.py`` states the
+semantics (recurrence, gates, scale, variable-length sequences).
+
+Two independent formulations, both in JAX under a scoped ``jax.enable_x64(True)`` (x64 is
+never enabled globally):
+
+* :func:`chunk_simple_gla`: the definition, one step per token (:func:`recurrence_f64`).
+* :func:`chunk_simple_gla_chunked`: the chunked form the kernels use
+  (:func:`chunked_f64`): an intra-chunk attention matrix plus the state carried between
+  chunks.
+
+Both apply the gate through the per-token total log decay ``g_t + gamma_h`` with float64
+cumulative sums, and every exponent that a causal mask discards is zeroed *before*
+``exp`` (``exp(where(mask, G_i - G_j, 0))``), so no masked entry can overflow.
+
+:func:`recurrence_f64` and :func:`chunked_f64` are pure functions of float64 JAX arrays
+for one sequence, so ``jax.vjp`` can differentiate them (inside ``jax.enable_x64(True)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from tops.spec.simple_gla import validate
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def chunk_simple_gla(
+    q,
+    k,
+    v,
+    *,
+    g=None,
+    g_gamma=None,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    cu_seqlens=None,
+    chunk_size=64,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Simple GLA by the step-by-step recurrence (the definition), in float64.
+
+    Args:
+      q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]`` (bf16 or f32; NumPy or JAX arrays).
+      g: None or float32 ``[B, T, H]`` per-token log decay.
+      g_gamma: None or float32 ``[H]`` per-head log decay (adds to ``g``).
+      scale: None (``K ** -0.5``) or a finite number.
+      initial_state: None (zeros) or float32 ``[N, H, K, V]``.
+      output_final_state: whether to return the final states.
+      cu_seqlens: None or int32 ``[N + 1]`` (``B == 1``): sequence ``n`` is the tokens
+        ``[cu[n], cu[n+1])``. Here the invariants are checked (ValueError otherwise).
+      chunk_size: 64 or 128; validated only (the recurrence does not block).
+
+    Returns:
+      ``(o, final_state)``: ``o`` float64 ``[B, T, H, V]``; ``final_state`` float64
+      ``[N, H, K, V]``, or None unless ``output_final_state``.
+    """
+    return _per_sequence(
+        recurrence_f64,
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+
+
+def chunk_simple_gla_chunked(
+    q,
+    k,
+    v,
+    *,
+    g=None,
+    g_gamma=None,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    cu_seqlens=None,
+    chunk_size=64,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Simple GLA by the chunked formulation (:func:`chunked_f64`), in float64.
+
+    Same arguments and results as :func:`chunk_simple_gla`; each sequence is cut into
+    chunks of ``chunk_size`` tokens from its own start (the last chunk may be shorter).
+    """
+
+    def chunked(q, k, v, g_total, h0, scale):
+        return chunked_f64(q, k, v, g_total, h0, scale, chunk_size)
+
+    return _per_sequence(
+        chunked,
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+
+
+@jax.jit
+def recurrence_f64(q, k, v, g_total, h0, scale: float):
+    """The recurrence for one sequence, one token at a time (``lax.scan`` over t).
+
+    ``h_t = exp(g_total_t) * h_{t-1} + k_t^T v_t`` and ``o_t = scale * q_t h_t``, per head.
+
+    Args:
+      q, k: float64 ``[T, H, K]``; v: float64 ``[T, H, V]``.
+      g_total: float64 ``[T, H]``, the total log decay ``g_t + gamma_h`` of each token.
+      h0: float64 ``[H, K, V]``, the state before the first token.
+      scale: Python float.
+
+    Returns:
+      ``(o, h_T)``: float64 ``[T, H, V]`` and ``[H, K, V]`` (``h_T = h0`` when ``T == 0``).
+      Pure, jitted (``scale`` is traced) and differentiable with ``jax.vjp``; call it
+      inside ``jax.enable_x64(True)`` (ValueError for inputs that are not float64).
+    """
+    _require_f64(q=q, k=k, v=v, g_total=g_total, h0=h0)
+
+    def step(h, token):
+        q_t, k_t, v_t, g_t = token  # [H, K], [H, K], [H, V], [H]
+        h = jnp.exp(g_t)[:, None, None] * h + k_t[:, :, None] * v_t[:, None, :]
+        o_t = scale * jnp.einsum("hk,hkv->hv", q_t, h, precision=_HIGHEST)
+        return h, o_t
+
+    h_last, o = lax.scan(step, h0, (q, k, v, g_total))
+    return o, h_last
+
+
+def chunked_f64(q, k, v, g_total, h0, scale: float, chunk_size: int):
+    """The chunked form for one sequence; arguments and results as :func:`recurrence_f64`.
+
+    Within a chunk of ``C`` tokens, with ``G_i = sum_{r <= i} g_total_r`` (float64 cumsum
+    from the chunk start) and ``h`` the state before the chunk::
+
+        o_i    = scale * (exp(G_i) q_i h + sum_{j <= i} exp(G_i - G_j) (q_i . k_j) v_j)
+        h_next = exp(G_{C-1}) h + sum_j exp(G_{C-1} - G_j) k_j^T v_j
+
+    The causal weights are ``exp(where(j <= i, G_i - G_j, 0))``, then masked: the
+    discarded exponents (``j > i``, positive for decaying gates) never reach ``exp``.
+    Unmasked, ALiBi decays at chunk 128 overflow float32, stronger ones float64, and
+    ``jax.vjp`` would then return NaN. Pure and differentiable, like :func:`recurrence_f64`.
+    """
+    _require_f64(q=q, k=k, v=v, g_total=g_total, h0=h0)
+    outputs = [jnp.zeros((0, *v.shape[1:]), jnp.float64)]
+    h = h0
+    for start in range(0, q.shape[0], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        o_chunk, h = _chunk_step(q[chunk], k[chunk], v[chunk], g_total[chunk], h, scale)
+        outputs.append(o_chunk)
+    return jnp.concatenate(outputs), h
+
+
+@jax.jit
+def _chunk_step(q, k, v, g_total, h, scale: float):
+    """One chunk: ``q, k [C, H, K]``, ``v [C, H, V]``, ``g_total [C, H]``, ``h [H, K, V]``
+    -> ``(o [C, H, V], h_next [H, K, V])``."""
+    G = jnp.cumsum(g_total, axis=0)  # [C, H], inclusive
+    length = q.shape[0]
+    causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]  # [i, j]: j <= i
+    log_decay = G.T[:, :, None] - G.T[:, None, :]  # [H, i, j]: G_i - G_j
+    decay = jnp.exp(jnp.where(causal, log_decay, 0.0))
+    scores = jnp.einsum("ihk,jhk->hij", q, k, precision=_HIGHEST)
+    attention = jnp.where(causal, scores * decay, 0.0)  # [H, i, j]
+
+    from_state = jnp.exp(G)[:, :, None] * jnp.einsum("ihk,hkv->ihv", q, h, precision=_HIGHEST)
+    within = jnp.einsum("hij,jhv->ihv", attention, v, precision=_HIGHEST)
+    o = scale * (from_state + within)
+
+    to_end = jnp.exp(G[-1][None, :] - G)  # [C, H]: exp(G_{C-1} - G_j), j <= C-1
+    h_next = jnp.exp(G[-1])[:, None, None] * h + jnp.einsum(
+        "jhk,jhv->hkv", k * to_end[:, :, None], v, precision=_HIGHEST
+    )
+    return o, h_next
+
+
+def _require_f64(**arrays) -> None:
+    for name, array in arrays.items():
+        if array.dtype != jnp.float64:
+            raise ValueError(
+                f"{name} must be float64 (call inside jax.enable_x64(True)), got {array.dtype}"
+            )
+
+
+def _per_sequence(
+    solve: Callable,
+    q,
+    k,
+    v,
+    *,
+    g,
+    g_gamma,
+    scale,
+    initial_state,
+    output_final_state,
+    cu_seqlens,
+    chunk_size,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate, split the batch into sequences and run ``solve`` on each in float64."""
+    shapes = validate(
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    B, T, H = shapes.batch, shapes.seq_len, shapes.heads
+    K, V, N = shapes.key_dim, shapes.value_dim, shapes.num_states
+    if shapes.varlen:
+        bounds = _checked_cu_seqlens(cu_seqlens, T)
+        sequences = [(0, bounds[n], bounds[n + 1]) for n in range(N)]
+    else:
+        sequences = [(b, 0, T) for b in range(B)]
+
+    o = np.zeros((B, T, H, V))
+    final = np.zeros((N, H, K, V))
+    with jax.enable_x64(True):
+        q64, k64, v64 = (_f64(x) for x in (q, k, v))
+        g_total = jnp.zeros((B, T, H), jnp.float64)
+        if g is not None:
+            g_total = g_total + _f64(g)
+        if g_gamma is not None:
+            g_total = g_total + _f64(g_gamma)
+        h0 = jnp.zeros((N, H, K, V), jnp.float64) if initial_state is None else _f64(initial_state)
+        for n, (b, start, end) in enumerate(sequences):
+            tokens = slice(start, end)
+            o_seq, h_seq = solve(
+                q64[b, tokens],
+                k64[b, tokens],
+                v64[b, tokens],
+                g_total[b, tokens],
+                h0[n],
+                shapes.scale,
+            )
+            o[b, tokens] = np.asarray(o_seq)
+            final[n] = np.asarray(h_seq)
+    return o, (final if output_final_state else None)
+
+
+def _f64(array):
+    """A NumPy or JAX array (bf16 included) as a float64 JAX array (inside x64 scope)."""
+    return jnp.asarray(np.asarray(array).astype(np.float64))
+
+
+def _checked_cu_seqlens(cu_seqlens, seq_len: int) -> list[int]:
+    bounds = [int(x) for x in np.asarray(cu_seqlens)]
+    if bounds[0] != 0 or bounds[-1] != seq_len or any(a > b for a, b in itertools.pairwise(bounds)):
+        raise ValueError(
+            f"cu_seqlens must start at 0, be non-decreasing and end at T = {seq_len}, got {bounds}"
+        )
+    return bounds

@@ -1,0 +1,172 @@
+"""Argument contract of chunked simple gated linear attention (shared by the three trees).
+
+Recurrence, per sequence and head, for ``t = 0 .. T-1``::
+
+    h_t = exp(g_t + gamma) * h_{t-1} + k_t^T v_t      # h is [K, V], h_{-1} = initial state
+    o_t = scale * q_t h_t                              # the current token is included
+
+``g [B, T, H]`` is a per-token log decay and ``g_gamma [H]`` a per-head constant log
+decay; either, both (they add) or neither (no decay) may be given. Any finite value is
+allowed (``<= 0`` in practice). ``scale`` defaults to ``K ** -0.5``.
+
+Variable-length batches: with ``cu_seqlens`` (int32 ``[N + 1]``, ``B == 1``) the tokens
+``[cu[n], cu[n+1])`` form sequence ``n``, which starts from ``initial_state[n]`` (zeros
+when no initial state is given) and owns ``final_state[n]``. ``cu_seqlens`` is a run-time
+value (it may be a traced JAX array), so its entries are not checked; every backend
+assumes ``cu[0] == 0``, ``cu[n] <= cu[n+1]`` and ``cu[N] == T``. An empty sequence
+(``cu[n] == cu[n+1]``) produces no output rows and its final state is its initial state.
+Outputs for entries violating these invariants are unspecified.
+
+``chunk_size`` (64 or 128) only changes how the kernels block the sequence, not the
+mathematical result.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+from tops.spec.common import dtype_name, python_number, require_dtype, require_rank
+
+CHUNK_SIZES = (64, 128)
+QKV_DTYPES = ("bfloat16", "float32")
+GATE_DTYPES = ("float32",)
+STATE_DTYPES = ("float32",)
+CU_SEQLENS_DTYPES = ("int32",)
+
+
+@dataclass(frozen=True)
+class GLAShapes:
+    """Sizes resolved by :func:`validate`.
+
+    ``num_states`` is ``N``: the leading size of ``initial_state`` and ``final_state``
+    (``B``, or the number of sequences when ``varlen``). ``scale`` is the resolved scale
+    (``K ** -0.5`` when none was given).
+    """
+
+    batch: int
+    seq_len: int
+    heads: int
+    key_dim: int
+    value_dim: int
+    num_states: int
+    scale: float
+    varlen: bool
+
+
+def validate(
+    q,
+    k,
+    v,
+    *,
+    g,
+    g_gamma,
+    scale,
+    initial_state,
+    output_final_state,
+    cu_seqlens,
+    chunk_size,
+) -> GLAShapes:
+    """Raise ValueError naming the argument unless the inputs satisfy the contract.
+
+    Args:
+      q: ``[B, T, H, K]``, bf16 or f32, ``T, H, K >= 1`` (``B == 0`` is allowed).
+      k: ``[B, T, H, K]``, the dtype and shape of ``q``.
+      v: ``[B, T, H, V]``, the dtype of ``q``, ``V >= 1``.
+      g: None or float32 ``[B, T, H]``.
+      g_gamma: None or float32 ``[H]``.
+      scale: None or a finite real Python (or NumPy scalar) number.
+      initial_state: None or float32 ``[N, H, K, V]``.
+      output_final_state: a bool.
+      cu_seqlens: None or int32 ``[N + 1]`` with ``N >= 1``; requires ``B == 1``.
+      chunk_size: an int in ``CHUNK_SIZES``.
+
+    Returns:
+      The resolved :class:`GLAShapes`.
+    """
+    require_rank("q", q, 4, "[B, T, H, K]")
+    require_rank("k", k, 4, "[B, T, H, K]")
+    require_rank("v", v, 4, "[B, T, H, V]")
+    require_dtype("q", q, QKV_DTYPES)
+    if dtype_name(k) != dtype_name(q):
+        raise ValueError(f"k must have the dtype of q ({dtype_name(q)}), got {dtype_name(k)}")
+    if dtype_name(v) != dtype_name(q):
+        raise ValueError(f"v must have the dtype of q ({dtype_name(q)}), got {dtype_name(v)}")
+    batch, seq_len, heads, key_dim = (int(d) for d in q.shape)
+    if seq_len < 1 or heads < 1 or key_dim < 1:
+        raise ValueError(f"q must have T, H, K >= 1, got shape {tuple(q.shape)}")
+    if tuple(k.shape) != tuple(q.shape):
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if tuple(v.shape[:3]) != (batch, seq_len, heads):
+        raise ValueError(
+            f"v must have shape [B, T, H, V] = [{batch}, {seq_len}, {heads}, V], "
+            f"got {tuple(v.shape)}"
+        )
+    value_dim = int(v.shape[3])
+    if value_dim < 1:
+        raise ValueError(f"v must have V >= 1, got shape {tuple(v.shape)}")
+
+    if g is not None:
+        require_rank("g", g, 3, "[B, T, H]")
+        require_dtype("g", g, GATE_DTYPES)
+        if tuple(g.shape) != (batch, seq_len, heads):
+            raise ValueError(f"g must have shape {(batch, seq_len, heads)}, got {tuple(g.shape)}")
+    if g_gamma is not None:
+        require_rank("g_gamma", g_gamma, 1, "[H]")
+        require_dtype("g_gamma", g_gamma, GATE_DTYPES)
+        if tuple(g_gamma.shape) != (heads,):
+            raise ValueError(f"g_gamma must have shape ({heads},), got {tuple(g_gamma.shape)}")
+
+    if scale is None:
+        resolved_scale = key_dim**-0.5
+    else:
+        value = None if isinstance(scale, bool) else python_number(scale)
+        if value is None or not math.isfinite(value):
+            raise ValueError(f"scale must be None or a finite real number, got {scale!r}")
+        resolved_scale = value
+
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise ValueError(f"chunk_size must be an int in {CHUNK_SIZES}, got {chunk_size!r}")
+    if int(chunk_size) not in CHUNK_SIZES:
+        raise ValueError(f"chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
+
+    if not isinstance(output_final_state, bool):
+        raise ValueError(
+            f"output_final_state must be a bool, got {type(output_final_state).__name__}"
+        )
+
+    varlen = cu_seqlens is not None
+    if varlen:
+        require_rank("cu_seqlens", cu_seqlens, 1, "[N + 1]")
+        require_dtype("cu_seqlens", cu_seqlens, CU_SEQLENS_DTYPES)
+        if batch != 1:
+            raise ValueError(f"cu_seqlens requires B == 1 (packed sequences), got B = {batch}")
+        num_states = int(cu_seqlens.shape[0]) - 1
+        if num_states < 1:
+            raise ValueError(
+                f"cu_seqlens must have N + 1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}"
+            )
+    else:
+        num_states = batch
+
+    if initial_state is not None:
+        expected = (num_states, heads, key_dim, value_dim)
+        require_rank("initial_state", initial_state, 4, "[N, H, K, V]")
+        require_dtype("initial_state", initial_state, STATE_DTYPES)
+        if tuple(initial_state.shape) != expected:
+            raise ValueError(
+                f"initial_state must have shape [N, H, K, V] = {expected}, "
+                f"got {tuple(initial_state.shape)}"
+            )
+
+    return GLAShapes(
+        batch=batch,
+        seq_len=seq_len,
+        heads=heads,
+        key_dim=key_dim,
+        value_dim=value_dim,
+        num_states=num_states,
+        scale=float(resolved_scale),
+        varlen=varlen,
+    )
