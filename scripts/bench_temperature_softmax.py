@@ -14,42 +14,16 @@ table names the device it ran on.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import time
 
 import torch
+from benchlib import device_name, time_ms
 
 from tops import backends, gpu
 from tops.gpu.temperature_softmax import kernel as gpu_kernel
 from tops.ops.temperature_softmax import kernel as tpu_kernel
 
 DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
-
-
-def device_name() -> str:
-    if backends.gpu_mode() == "gpu":
-        return f"{torch.cuda.get_device_name()} (Triton, torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()} (Triton interpreter)"
-
-
-def time_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds (CUDA events on a GPU)."""
-    fn()  # compile / warm up
-    samples = []
-    for _ in range(repeats):
-        if backends.gpu_mode() == "gpu":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
 
 
 def min_bytes(batch: int, vocab: int, dtype: torch.dtype) -> int:
