@@ -1,0 +1,119 @@
+"""Chunked simple gated linear attention on TPU (Pallas): the forward pass.
+
+Semantics in ``tops/spec/simple_gla.py``; the kernel and its design in ``kernel.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from tops.backends import pallas_interpret
+from tops.ops.simple_gla import kernel
+from tops.ops.simple_gla.alibi import build_alibi_slopes, make_alibi_g_gamma
+from tops.spec.simple_gla import validate
+
+__all__ = ["build_alibi_slopes", "chunk_simple_gla", "make_alibi_g_gamma"]
+
+
+def chunk_simple_gla(
+    q,
+    k,
+    v,
+    *,
+    g=None,
+    g_gamma=None,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    cu_seqlens=None,
+    chunk_size=64,
+):
+    """Simple GLA, ``h_t = exp(g_t + gamma) h_{t-1} + k_t^T v_t``, ``o_t = scale q_t h_t``.
+
+    Args:
+      q, k: ``[B, T, H, K]``, bf16 or f32; v: ``[B, T, H, V]``, the dtype of ``q``.
+        Any ``B >= 0``, ``T, H, K, V >= 1``.
+      g: None or float32 ``[B, T, H]``, per-token log decay.
+      g_gamma: None or float32 ``[H]``, per-head constant log decay (adds to ``g``).
+      scale: None (``K ** -0.5``) or a finite Python number.
+      initial_state: None (zeros) or float32 ``[N, H, K, V]``.
+      output_final_state: whether to return the final states.
+      cu_seqlens: None or int32 ``[N + 1]`` with ``B == 1``: packed sequences
+        ``[cu[n], cu[n+1])``, each from its own initial state. May be traced; its
+        entries must satisfy the contract of ``tops/spec/simple_gla.py``.
+      chunk_size: 64 or 128 (blocking only, not the result).
+
+    Returns:
+      ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of ``v``; ``final_state``
+      float32 ``[N, H, K, V]`` or None unless ``output_final_state``. Every matmul is
+      float32 at ``HIGHEST`` precision; the state is float32 throughout.
+
+    Raises:
+      ValueError: an argument violates the contract (named in the message).
+    """
+    shapes = validate(
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    if shapes.batch == 0:
+        o = jnp.zeros((0, shapes.seq_len, shapes.heads, shapes.value_dim), v.dtype)
+        state_shape = (0, shapes.heads, shapes.key_dim, shapes.value_dim)
+        return o, jnp.zeros(state_shape, jnp.float32) if output_final_state else None
+
+    def as_jax(x):
+        return None if x is None else jnp.asarray(x)
+
+    return _forward(
+        *(as_jax(x) for x in (q, k, v, g, g_gamma, initial_state, cu_seqlens)),
+        scale=shapes.scale,
+        chunk_size=int(chunk_size),
+        output_final_state=output_final_state,
+        interpret=pallas_interpret(),
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("scale", "chunk_size", "output_final_state", "interpret")
+)
+def _forward(
+    q,
+    k,
+    v,
+    g,
+    g_gamma,
+    initial_state,
+    cu_seqlens,
+    *,
+    scale,
+    chunk_size,
+    output_final_state,
+    interpret,
+):
+    """The kernel launch for validated inputs with ``B >= 1``, compiled once per shape,
+    dtype, presence of each optional array and static argument."""
+    o, final_state, _ = kernel.forward(
+        q,
+        k,
+        v,
+        g,
+        g_gamma,
+        initial_state,
+        cu_seqlens,
+        scale=scale,
+        chunk_size=chunk_size,
+        output_final_state=output_final_state,
+        save_states=False,
+        interpret=interpret,
+    )
+    return o, final_state

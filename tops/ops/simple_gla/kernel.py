@@ -1,0 +1,517 @@
+"""Pallas TPU kernel for the chunked simple GLA forward, beside its launcher.
+
+One fused kernel: the grid walks, per ``(batch, head, value tile)``, the *segments* of
+the sequence in order (sequential axis), and the ``[K, BV]`` state tile lives in a
+float32 VMEM scratch across them (``BV = value_block(Vp)``: one tile up to 256 lanes;
+value columns of the recurrence are independent, wider V only re-reads q, k, g). A
+segment is the intersection of one aligned chunk of ``C`` tokens with one sequence;
+rows of the chunk outside the segment's window ``[lo, hi)`` are masked (with ``where``,
+so garbage or NaN in a partial block never leaks). Without ``cu_seqlens`` segment ``s``
+is chunk ``s`` of batch row ``b`` (window ``[0, min(C, T - sC))``). With ``cu_seqlens``
+(``B == 1``) the segments come from run-time tables (scalar prefetch): ``chunk[s]``,
+``seq[s]`` and ``cu_seqlens`` itself, at most ``ceil(T / C) + N`` of them.
+Consecutive segments of one chunk map to the same ``q, k, v, o`` blocks, so Pallas keeps
+those blocks resident: q, k, v and g are read once and o is written once, each segment
+writing only its window's rows of the resident output block.
+
+Arithmetic (the precision-first contract): q, k, v are upcast to float32 (exact for
+bf16) and every matmul is float32 x float32 with ``precision=HIGHEST`` and float32
+accumulation. Per segment, the window's ``g`` is summed by a log-step scan of
+error-free additions into double-float prefix sums ``Gg = Gg_hi + Gg_lo``, and with
+``n_i`` the number of window rows up to ``i`` the log decay from the segment start to
+row ``i`` is ``D_i = Gg_i + gamma * n_i`` (the constant gate enters through one
+multiply, not a sum of ``n`` roundings)::
+
+    o_i   = scale * (exp(D_i) q_i S + sum_{j <= i} exp(D_i - D_j) (q_i . k_j) v_j)
+    S_new = exp(D_tot) S + sum_j exp(D_tot - D_j) k_j^T v_j
+
+Differences are taken on the double-floats, ``D_i - D_j = ((hi_i - hi_j) + (lo_i -
+lo_j)) + gamma * (i - j)``, so an exponent is accurate to about ulp(D_i - D_j) rather
+than ulp(D_i): a float32 cumulative sum would put errors of |D| 2**-24 on the weights of
+the nearby tokens that dominate each output. Every exponent is masked before ``exp``
+(``exp(where(mask, x, 0))``), so exponents a mask discards (for ALiBi decays at chunk
+128 they exceed the float32 range) never reach ``exp``.
+
+Layout: the wrapper views ``q, k [B, T, H, K]`` as ``[B, T, H * Kp]`` (a free reshape
+when ``K`` is a multiple of 128, otherwise one zero-padding copy to ``Kp``; zero columns
+add nothing), likewise ``v`` and ``o`` with ``Vp``, so a head's ``(C, Kp)`` block is
+lane-dense without a transpose; a partial last chunk is a partial block, masked by the
+window. ``g [B, T, H]`` is transposed and zero-padded to ``[B, H, NT8, 128]`` (``NT8``:
+chunks rounded up to 8; one chunk per 128-lane row, the lanes past ``C`` zero) and read
+in ``(8, 128)`` blocks: the wrapper moves 8 bytes per token and head (C = 128) or 12
+(C = 64), the kernel reads 4 or 8, against 1028 for q, k, v, o in bf16 at
+``K = V = 128``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from tops.ops.double_float import add_dd
+
+LANES = 128
+# Chunks per gate block: the gate array's second-minor block dimension (float32 sublanes).
+GATE_ROWS = 8
+# Widest value tile: the state is ``(Kp, BV)`` per grid step, BV <= 256 lanes (256 KiB of
+# float32 state at K = 256, double-buffered initial and final state blocks included
+# about 1.3 MiB). Value columns of the recurrence are independent, so tiles are parallel.
+MAX_VALUE_BLOCK = 256
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def padded(size: int) -> int:
+    """``size`` rounded up to the 128 lanes."""
+    return pl.cdiv(size, LANES) * LANES
+
+
+def value_block(vp: int) -> int:
+    """The value tile ``BV``: all of ``Vp`` up to ``MAX_VALUE_BLOCK``, else the widest
+    multiple of 128 up to it that divides ``Vp``."""
+    if vp <= MAX_VALUE_BLOCK:
+        return vp
+    return next(b for b in range(MAX_VALUE_BLOCK, 0, -LANES) if vp % b == 0)
+
+
+def _dot(a, b, contract):
+    """float32 x float32 matmul at ``HIGHEST`` precision with float32 accumulation."""
+    return lax.dot_general(
+        a,
+        b,
+        (contract, ((), ())),
+        precision=_HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+
+
+def _inclusive_scan_dd(x, length):
+    """Inclusive prefix sums along the 128 lanes of ``x`` (the first ``length`` matter)
+    as double-floats ``(hi, lo)``: a log-step scan of error-free additions, so each sum
+    is exact to about 2**-44 of the partial sums' magnitude."""
+    lanes = lax.broadcasted_iota(jnp.int32, x.shape, 1)
+    hi, lo = x, jnp.zeros_like(x)
+    shift = 1
+    while shift < length:
+        keep = lanes >= shift  # pltpu.roll is jnp.roll: lane i receives lane i - shift
+        hi, lo = add_dd(
+            hi,
+            lo,
+            jnp.where(keep, pltpu.roll(hi, shift, 1), 0.0),
+            jnp.where(keep, pltpu.roll(lo, shift, 1), 0.0),
+        )
+        shift *= 2
+    return hi, lo
+
+
+# ---------------------------------------------------------------------------------------
+# The kernel.
+
+
+def _segment(prefetch, *, chunk, seq_len, varlen):
+    """``(chunk_row, lo, hi, first)`` of the current segment.
+
+    ``chunk_row`` is the chunk's row in its ``(8, 128)`` gate block, ``[lo, hi)`` the
+    window within the chunk, ``first`` whether the segment starts its sequence (the
+    state is then reset to the initial state). Windows never reach past ``T``, so
+    invalid ``cu_seqlens`` (outside the contract) only give empty or clipped windows.
+    """
+    s = pl.program_id(3)
+    if not varlen:
+        return lax.rem(s, GATE_ROWS), 0, jnp.minimum(chunk, seq_len - s * chunk), s == 0
+    chunk_ref, seq_ref, cu_ref = prefetch
+    c = chunk_ref[s]  # the sentinel num_chunks marks a no-op segment: its window is empty
+    n = seq_ref[s]
+    base = c * chunk
+    rows = jnp.clip(seq_len - base, 0, chunk)  # rows of the chunk inside [0, T)
+    lo = jnp.clip(cu_ref[n] - base, 0, rows)
+    hi = jnp.clip(cu_ref[n + 1] - base, lo, rows)
+    first = (s == 0) | (n != seq_ref[jnp.maximum(s - 1, 0)])
+    num_chunks = pl.cdiv(seq_len, chunk)
+    return lax.rem(jnp.minimum(c, num_chunks - 1), GATE_ROWS), lo, hi, first
+
+
+def _gla_kernel(
+    *refs,
+    chunk,
+    seq_len,
+    scale,
+    varlen,
+    has_g,
+    has_gamma,
+    has_h0,
+    has_ht,
+    save_states,
+):
+    """One segment of one ``(batch, head)``: output rows of its window, state update.
+
+    Grid ``(B, H, Vp / BV, S)``, the segment axis last and sequential (``S = ceil(T / C)``,
+    or ``ceil(T / C) + N`` with ``cu_seqlens``); the value tiles are independent. Refs,
+    in order:
+
+    * scalar prefetch (only with ``cu_seqlens``): ``chunk[S]``, ``seq[S]`` int32 and
+      ``cu_seqlens[N + 1]``;
+    * ``q_ref``, ``k_ref`` ``(C, Kp)``, ``v_ref`` ``(C, BV)`` in the input dtype: the
+      segment's chunk of one head (one value tile of ``v``);
+    * ``g_ref`` ``(8, 128)`` float32 (with ``g``): gates of 8 consecutive chunks of the
+      head, one chunk per row (lanes past ``C`` zero), the segment's chunk among them;
+    * ``gamma_ref`` ``(H,)`` float32 in SMEM (with ``g_gamma``);
+    * ``h0_ref`` ``(Kp, BV)`` float32 (with an initial state): the sequence's state;
+    * ``o_ref`` ``(C, BV)`` in the input dtype;
+    * ``ht_ref`` ``(Kp, BV)`` float32 (with ``output_final_state``): the state after
+      the segment, so after the sequence's last segment its final state;
+    * ``states_ref`` ``(Kp, BV)`` float32 (with ``save_states``): the state before the
+      segment;
+    * scratch ``state_ref`` ``(Kp, BV)`` float32, carried along the segment axis.
+    """
+    refs = list(refs)
+    prefetch = [refs.pop(0) for _ in range(3)] if varlen else []
+    q_ref, k_ref, v_ref = refs.pop(0), refs.pop(0), refs.pop(0)
+    g_ref = refs.pop(0) if has_g else None
+    gamma_ref = refs.pop(0) if has_gamma else None
+    h0_ref = refs.pop(0) if has_h0 else None
+    o_ref = refs.pop(0)
+    ht_ref = refs.pop(0) if has_ht else None
+    states_ref = refs.pop(0) if save_states else None
+    (state_ref,) = refs
+
+    chunk_row, lo, hi, first = _segment(prefetch, chunk=chunk, seq_len=seq_len, varlen=varlen)
+
+    @pl.when(first)
+    def _reset():
+        if has_h0:
+            state_ref[...] = h0_ref[...]
+        else:
+            state_ref[...] = jnp.zeros(state_ref.shape, jnp.float32)
+
+    state = state_ref[...]
+    if save_states:
+        states_ref[...] = state
+
+    rows = lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
+    window = (rows >= lo) & (rows < hi)  # (C, 1)
+    q = jnp.where(window, q_ref[...].astype(jnp.float32), 0.0)
+    k = jnp.where(window, k_ref[...].astype(jnp.float32), 0.0)
+    v = jnp.where(window, v_ref[...].astype(jnp.float32), 0.0)
+
+    sub = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 0)  # i
+    lane = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)  # j
+    gamma = gamma_ref[pl.program_id(1)] if has_gamma else 0.0
+    count = (rows - lo + 1).astype(jnp.float32)  # n_i for window rows
+    length = (hi - lo).astype(jnp.float32)
+    decay_ij = gamma * (sub - lane).astype(jnp.float32)
+    decay_in = gamma * count  # D_i
+    decay_tot = gamma * length  # D_tot
+    decay_out = gamma * (length - count)  # D_tot - D_j
+    if has_g:
+        g_block = g_ref[...]  # (8, 128): row chunk_row holds the chunk, lanes >= C are 0
+        block_rows = lax.broadcasted_iota(jnp.int32, g_block.shape, 0)
+        block_lanes = lax.broadcasted_iota(jnp.int32, g_block.shape, 1)
+        selected = (block_rows == chunk_row) & (block_lanes >= lo) & (block_lanes < hi)
+        cum_hi, cum_lo = _inclusive_scan_dd(jnp.where(selected, g_block, 0.0), chunk)
+        # The other block rows are zero, so these sublane sums are exact: (1, 128) rows.
+        cum_hi = jnp.sum(cum_hi, axis=0, keepdims=True)
+        cum_lo = jnp.sum(cum_lo, axis=0, keepdims=True)
+        # The same values as (C, 1) columns, by an exact selection.
+        sub_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 0)
+        lane_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 1)
+        col_hi = jnp.sum(jnp.where(lane_wide == sub_wide, cum_hi, 0.0), axis=1, keepdims=True)
+        col_lo = jnp.sum(jnp.where(lane_wide == sub_wide, cum_lo, 0.0), axis=1, keepdims=True)
+        row_hi, row_lo = cum_hi[:, :chunk], cum_lo[:, :chunk]
+        tot_hi, tot_lo = cum_hi[:, chunk - 1 : chunk], cum_lo[:, chunk - 1 : chunk]
+        # Differences of double-floats: accurate to about ulp(G_i - G_j), not ulp(G_i).
+        decay_ij = ((col_hi - row_hi) + (col_lo - row_lo)) + decay_ij
+        decay_in = (col_hi + col_lo) + decay_in
+        decay_tot = (tot_hi + tot_lo) + decay_tot
+        decay_out = ((tot_hi - col_hi) + (tot_lo - col_lo)) + decay_out
+    causal = (lane <= sub) & window
+
+    scores = _dot(q, k, ((1,), (1,)))  # (C, C) = q k^T
+    attention = jnp.where(causal, scores * jnp.exp(jnp.where(causal, decay_ij, 0.0)), 0.0)
+    from_state = _dot(q * jnp.exp(jnp.where(window, decay_in, 0.0)), state, ((1,), (0,)))
+    within = _dot(attention, v, ((1,), (0,)))
+    out = scale * (from_state + within)
+    o_ref[...] = jnp.where(window, out, o_ref[...].astype(jnp.float32)).astype(o_ref.dtype)
+
+    k_out = k * jnp.exp(jnp.where(window, decay_out, 0.0))
+    state = jnp.exp(decay_tot) * state + _dot(k_out, v, ((0,), (0,)))
+    state_ref[...] = state
+    if has_ht:
+        ht_ref[...] = state
+
+
+# ---------------------------------------------------------------------------------------
+# Run-time segment tables and the launcher.
+
+
+def segment_tables(cu_seqlens, *, seq_len: int, chunk: int):
+    """``(chunk[S], seq[S])`` int32 for ``cu_seqlens [N + 1]``, ``S = ceil(T / C) + N``.
+
+    Segments are listed in token order: for each sequence the chunks it touches, and one
+    empty segment for an empty sequence (which still hands its initial state on as its
+    final state). Unused trailing entries get the sentinel chunk ``ceil(T / C)`` (an
+    empty window that maps to the last chunk's blocks) and the last sequence. A sequence
+    and the next share at most one chunk, so ``S`` entries always suffice.
+    """
+    num_chunks = pl.cdiv(seq_len, chunk)
+    num_seqs = cu_seqlens.shape[0] - 1
+    starts, ends = cu_seqlens[:-1], cu_seqlens[1:]
+    first_chunk = jnp.clip(starts // chunk, 0, num_chunks - 1)
+    last_chunk = jnp.where(ends > starts, (ends - 1) // chunk, first_chunk)
+    last_chunk = jnp.clip(last_chunk, first_chunk, num_chunks - 1)
+    counts = last_chunk - first_chunk + 1
+    ends_at = jnp.cumsum(counts)
+    slots = jnp.arange(num_chunks + num_seqs, dtype=jnp.int32)
+    seq = jnp.minimum(jnp.searchsorted(ends_at, slots, side="right"), num_seqs - 1)
+    chunk_index = first_chunk[seq] + slots - (ends_at - counts)[seq]
+    chunk_index = jnp.where(slots < ends_at[-1], chunk_index, num_chunks)
+    return chunk_index.astype(jnp.int32), seq.astype(jnp.int32)
+
+
+def forward(
+    q,
+    k,
+    v,
+    g,
+    g_gamma,
+    initial_state,
+    cu_seqlens,
+    *,
+    scale: float,
+    chunk_size: int,
+    output_final_state: bool,
+    save_states: bool,
+    interpret,
+):
+    """Launch the kernel on validated inputs with ``B >= 1``.
+
+    Args:
+      q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]`` (bf16 or f32).
+      g: None or float32 ``[B, T, H]``; g_gamma: None or float32 ``[H]``.
+      initial_state: None or float32 ``[N, H, K, V]``.
+      cu_seqlens: None or int32 ``[N + 1]`` (``B == 1``), possibly traced.
+      scale: the resolved scale; chunk_size: 64 or 128.
+      output_final_state: whether to return the final states.
+      save_states: also return the state before every segment (for the backward).
+      interpret: ``pl.pallas_call``'s (``tops.backends.pallas_interpret()``).
+
+    Returns:
+      ``(o, final_state, states)``: ``o [B, T, H, V]`` in the dtype of ``v``;
+      ``final_state`` float32 ``[N, H, K, V]`` (None unless ``output_final_state``);
+      ``states`` float32 ``[B, H, S, K, V]`` (None unless ``save_states``), the state
+      before each segment (chunk ``s`` of each batch row; with ``cu_seqlens``, segment
+      ``s`` of :func:`segment_tables`).
+    """
+    batch, seq_len, heads, key_dim = q.shape
+    value_dim = v.shape[-1]
+    kp, vp = padded(key_dim), padded(value_dim)
+    bv = value_block(vp)
+    value_tiles = vp // bv
+    chunk = chunk_size
+    num_chunks = pl.cdiv(seq_len, chunk)
+    varlen = cu_seqlens is not None
+    num_states = cu_seqlens.shape[0] - 1 if varlen else batch
+    num_segments = num_chunks + num_states if varlen else num_chunks
+
+    def lanes(x, width, size):
+        if width != size:
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - size)))
+        return x.reshape(batch, seq_len, heads * width)
+
+    if varlen:
+        chunk_of, seq_of = segment_tables(cu_seqlens, seq_len=seq_len, chunk=chunk)
+        prefetch = (chunk_of, seq_of, cu_seqlens)
+
+        def chunk_index(s, chunk_ref):
+            return jnp.minimum(chunk_ref[s], num_chunks - 1)
+
+        def state_index(b, h, iv, s, chunk_ref, seq_ref, cu_ref):
+            return (seq_ref[s], h, 0, iv)
+
+    else:
+        prefetch = ()
+
+        def chunk_index(s):
+            return s
+
+        def state_index(b, h, iv, s):
+            return (b, h, 0, iv)
+
+    def key_index(b, h, iv, s, *tables):
+        return (b, chunk_index(s, *tables[:1]), h)
+
+    def value_index(b, h, iv, s, *tables):
+        return (b, chunk_index(s, *tables[:1]), h * value_tiles + iv)
+
+    def gate_index(b, h, iv, s, *tables):
+        return (b, h, lax.div(chunk_index(s, *tables[:1]), GATE_ROWS), 0)
+
+    def segment_index(b, h, iv, s, *tables):
+        return (b, h, s, 0, iv)
+
+    inputs = [lanes(q, kp, key_dim), lanes(k, kp, key_dim), lanes(v, vp, value_dim)]
+    in_specs = [
+        pl.BlockSpec((None, chunk, kp), key_index),
+        pl.BlockSpec((None, chunk, kp), key_index),
+        pl.BlockSpec((None, chunk, bv), value_index),
+    ]
+    if g is not None:
+        gate_rows = pl.cdiv(num_chunks, GATE_ROWS) * GATE_ROWS
+        g_t = jnp.pad(
+            jnp.transpose(g, (0, 2, 1)), ((0, 0), (0, 0), (0, gate_rows * chunk - seq_len))
+        ).reshape(batch, heads, gate_rows, chunk)
+        inputs.append(jnp.pad(g_t, ((0, 0), (0, 0), (0, 0), (0, LANES - chunk))))
+        in_specs.append(pl.BlockSpec((None, None, GATE_ROWS, LANES), gate_index))
+    if g_gamma is not None:
+        inputs.append(g_gamma)
+        in_specs.append(pl.BlockSpec(memory_space=pltpu.SMEM))
+    state_spec = pl.BlockSpec((None, None, kp, bv), state_index)
+    if initial_state is not None:
+        pad = ((0, 0), (0, 0), (0, kp - key_dim), (0, vp - value_dim))
+        inputs.append(jnp.pad(initial_state, pad))
+        in_specs.append(state_spec)
+
+    out_shape = [jax.ShapeDtypeStruct((batch, seq_len, heads * vp), v.dtype)]
+    out_specs = [pl.BlockSpec((None, chunk, bv), value_index)]
+    if output_final_state:
+        out_shape.append(jax.ShapeDtypeStruct((num_states, heads, kp, vp), jnp.float32))
+        out_specs.append(state_spec)
+    if save_states:
+        out_shape.append(jax.ShapeDtypeStruct((batch, heads, num_segments, kp, vp), jnp.float32))
+        out_specs.append(pl.BlockSpec((None, None, None, kp, bv), segment_index))
+
+    outputs = pl.pallas_call(
+        functools.partial(
+            _gla_kernel,
+            chunk=chunk,
+            seq_len=seq_len,
+            scale=scale,
+            varlen=varlen,
+            has_g=g is not None,
+            has_gamma=g_gamma is not None,
+            has_h0=initial_state is not None,
+            has_ht=output_final_state,
+            save_states=save_states,
+        ),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=len(prefetch),
+            grid=(batch, heads, value_tiles, num_segments),
+            in_specs=in_specs,
+            out_specs=out_specs,
+            scratch_shapes=[pltpu.VMEM((kp, bv), jnp.float32)],
+        ),
+        out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+        ),
+        interpret=interpret,
+    )(*prefetch, *inputs)
+    outputs = list(outputs)
+    o = outputs.pop(0).reshape(batch, seq_len, heads, vp)[..., :value_dim]
+    final_state = outputs.pop(0)[:, :, :key_dim, :value_dim] if output_final_state else None
+    states = outputs.pop(0)[..., :key_dim, :value_dim] if save_states else None
+    return o, final_state, states
+
+
+def lowering_configs() -> list[tuple[str, object, tuple]]:
+    """Every shipped configuration as ``(name, fn, shape_structs)`` for the TPU lowering
+    check, through the public wrapper: chunk 64 and 128, bf16 and f32, each gate
+    combination, with and without initial and final states, varlen, and K/V that need
+    padding or several value tiles (V = 512: two of 256 lanes, V = 600: five of 128);
+    ``T = 100`` leaves a partial last chunk, ``T = 1`` is decoding."""
+    from tops.ops.simple_gla import chunk_simple_gla
+
+    def struct(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+    configs = []
+
+    def add(name, *, dtype, batch, seq_len, key_dim, value_dim, chunk, gate, h0, ht, cu=None):
+        heads = 2
+        num_states = batch if cu is None else cu - 1
+        names = ["q", "k", "v"]
+        shapes = [
+            struct((batch, seq_len, heads, key_dim), dtype),
+            struct((batch, seq_len, heads, key_dim), dtype),
+            struct((batch, seq_len, heads, value_dim), dtype),
+        ]
+        if gate in ("g", "both"):
+            names.append("g")
+            shapes.append(struct((batch, seq_len, heads), "float32"))
+        if gate in ("g_gamma", "both"):
+            names.append("g_gamma")
+            shapes.append(struct((heads,), "float32"))
+        if h0:
+            names.append("initial_state")
+            shapes.append(struct((num_states, heads, key_dim, value_dim), "float32"))
+        if cu is not None:
+            names.append("cu_seqlens")
+            shapes.append(struct((cu,), "int32"))
+
+        def fn(q, k, v, *rest):
+            arrays = dict(zip(names[3:], rest, strict=True))
+            return chunk_simple_gla(q, k, v, **arrays, output_final_state=ht, chunk_size=chunk)
+
+        configs.append((name, fn, tuple(shapes)))
+
+    for dtype in ("bfloat16", "float32"):
+        for chunk in (64, 128):
+            for gate in ("g", "g_gamma", "both", "none"):
+                add(
+                    f"{dtype}_C{chunk}_{gate}_T100_K128_V128_h0_hT",
+                    dtype=dtype, batch=2, seq_len=100, key_dim=128, value_dim=128,
+                    chunk=chunk, gate=gate, h0=True, ht=True,
+                )  # fmt: skip
+            add(
+                f"{dtype}_C{chunk}_both_T300_K100_V64_varlen4_h0_hT",
+                dtype=dtype, batch=1, seq_len=300, key_dim=100, value_dim=64,
+                chunk=chunk, gate="both", h0=True, ht=True, cu=5,
+            )  # fmt: skip
+            add(
+                f"{dtype}_C{chunk}_g_T1_K64_V600_h0_hT",
+                dtype=dtype, batch=3, seq_len=1, key_dim=64, value_dim=600,
+                chunk=chunk, gate="g", h0=True, ht=True,
+            )  # fmt: skip
+            add(
+                f"{dtype}_C{chunk}_g_gamma_T256_K256_V512_o_only",
+                dtype=dtype, batch=1, seq_len=256, key_dim=256, value_dim=512,
+                chunk=chunk, gate="g_gamma", h0=False, ht=False,
+            )  # fmt: skip
+            add(
+                f"{dtype}_C{chunk}_none_T129_K128_V100_varlen2_o_only",
+                dtype=dtype, batch=1, seq_len=129, key_dim=128, value_dim=100,
+                chunk=chunk, gate="none", h0=False, ht=False, cu=3,
+            )  # fmt: skip
+            configs += _saved_states_configs(dtype, chunk)
+    return configs
+
+
+def _saved_states_configs(dtype, chunk) -> list[tuple[str, object, tuple]]:
+    """The launcher with ``save_states=True`` (the backward's entry), batched and varlen."""
+    from tops.backends import pallas_interpret
+
+    def fn(q, k, v, g, cu_seqlens=None):
+        return forward(
+            q, k, v, g, None, None, cu_seqlens,
+            scale=1.0, chunk_size=chunk, output_final_state=True, save_states=True,
+            interpret=pallas_interpret(),
+        )  # fmt: skip
+
+    configs = []
+    for batch, cu in ((2, None), (1, 4)):
+        shapes = [
+            jax.ShapeDtypeStruct((batch, 200, 2, 64), jnp.dtype(dtype)),
+            jax.ShapeDtypeStruct((batch, 200, 2, 64), jnp.dtype(dtype)),
+            jax.ShapeDtypeStruct((batch, 200, 2, 128), jnp.dtype(dtype)),
+            jax.ShapeDtypeStruct((batch, 200, 2), jnp.float32),
+        ]
+        name = f"{dtype}_C{chunk}_g_T200_K64_V128_saved_states"
+        if cu is not None:
+            shapes.append(jax.ShapeDtypeStruct((cu,), jnp.int32))
+            name += "_varlen3"
+        configs.append((name, fn, tuple(shapes)))
+    return configs
