@@ -26,3 +26,14 @@ def test_softmax_threshold_sweep_runs():
         check=True,
     )
     assert "single ms" in done.stdout
+
+
+def test_topk_benchmark_prints_device_and_termination_statistics():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_topk.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "# top-k, bf16, " in done.stdout and "torch ms" in done.stdout
+    assert "termination statistics" in done.stdout and "max depth" in done.stdout

@@ -20,7 +20,11 @@ import subprocess
 import sys
 
 # Modules whose ``compile_configs()`` list every shipped Triton kernel configuration.
-GPU_KERNEL_MODULES = ("tops.gpu.temperature_softmax.kernel",)
+GPU_KERNEL_MODULES = (
+    "tops.gpu.temperature_softmax.kernel",
+    "tops.gpu.topk.kernel",
+    "tops.gpu.simple_gla.kernel",
+)
 
 
 def lower_for_tpu(fn, *shape_structs) -> str:
@@ -53,9 +57,9 @@ def compile_for_hopper(config: dict) -> dict[str, int]:
     return {"ptx_bytes": len(compiled.asm["ptx"]), "cubin_bytes": len(compiled.asm["cubin"])}
 
 
-def _compile_all() -> list[dict]:
+def _compile_all(module_names) -> list[dict]:
     results = []
-    for module_name in GPU_KERNEL_MODULES:
+    for module_name in module_names:
         for config in importlib.import_module(module_name).compile_configs():
             result = {"module": module_name, "name": config["name"]}
             try:
@@ -66,13 +70,14 @@ def _compile_all() -> list[dict]:
     return results
 
 
-def compile_gpu_kernels_in_subprocess() -> list[dict]:
-    """Compile every shipped Triton configuration for sm_90 in a fresh process; one
-    ``{"module", "name", "ok", "ptx_bytes", "cubin_bytes" | "error"}`` per configuration."""
+def compile_gpu_kernels_in_subprocess(*module_names: str) -> list[dict]:
+    """Compile every shipped Triton configuration of ``module_names`` (default: all of
+    ``GPU_KERNEL_MODULES``) for sm_90 in a fresh process; one ``{"module", "name", "ok",
+    "ptx_bytes", "cubin_bytes" | "error"}`` per configuration."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TOPS_TRITON_COMPILE_ONLY"] = "1"
     done = subprocess.run(
-        [sys.executable, "-m", "tops.compile_only"],
+        [sys.executable, "-m", "tops.compile_only", *module_names],
         env=env,
         capture_output=True,
         text=True,
@@ -82,4 +87,4 @@ def compile_gpu_kernels_in_subprocess() -> list[dict]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_compile_all()))
+    print(json.dumps(_compile_all(sys.argv[1:] or GPU_KERNEL_MODULES)))
