@@ -12,5 +12,6 @@ from tops.gpu.temperature_softmax import (  # noqa: E402
     temperature_softmax,
     temperature_softmax_,
 )
+from tops.gpu.topk import topk  # noqa: E402
 
-__all__ = ["temperature_softmax", "temperature_softmax_"]
+__all__ = ["temperature_softmax", "temperature_softmax_", "topk"]
