@@ -65,3 +65,35 @@ def test_pytest_update_baseline_merges_entries_from_every_worker(tmp_path):
         for case in CASES
         for mode in ("tpu-interpret", "gpu-interpret")
     )
+
+
+def test_loadgroup_keeps_each_case_on_one_worker(tmp_path):
+    """The suite relies on ``--dist loadgroup`` sending all tests of a case (its
+    ``xdist_group``) to one worker, where the kernel runs are cached. pytest-xdist 3.8
+    does this under pytest 8 but silently not under pytest 9.2 (it renames node ids
+    through an attribute pytest 9.2 no longer reads); this test pins the behaviour."""
+    (tmp_path / "test_groups.py").write_text(
+        "import os\n"
+        "import pathlib\n"
+        "import pytest\n"
+        "CASES = [pytest.param(c, marks=pytest.mark.xdist_group(f'op/{c}')) for c in 'abcd']\n"
+        "@pytest.mark.parametrize('case', CASES)\n"
+        "@pytest.mark.parametrize('backend', ['tpu', 'gpu'])\n"
+        "def test_case(backend, case):\n"
+        "    worker = os.environ['PYTEST_XDIST_WORKER']\n"
+        "    pathlib.Path(f'{case}-{backend}-{worker}.ran').touch()\n"
+    )
+    xdist = ("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "-o", "addopts=")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *xdist, "test_groups.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    workers: dict[str, set[str]] = {}
+    for ran in tmp_path.glob("*.ran"):
+        case, _, worker = ran.stem.split("-")
+        workers.setdefault(case, set()).add(worker)
+    assert sorted(workers) == ["a", "b", "c", "d"]
+    assert all(len(seen) == 1 for seen in workers.values()), workers

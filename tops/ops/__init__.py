@@ -1,5 +1,6 @@
 """Pallas TPU kernels with JAX APIs (Mosaic on TPU, Pallas TPU interpret mode elsewhere)."""
 
 from tops.ops.temperature_softmax import temperature_softmax
+from tops.ops.topk import topk
 
-__all__ = ["temperature_softmax"]
+__all__ = ["temperature_softmax", "topk"]
