@@ -1,0 +1,245 @@
+"""The Triton chunked simple GLA forward against the float64 reference: the contract's
+shapes, gates, states and varlen layouts, the ALiBi overflow case, the tf32/bf16 operand
+arithmetic and validation (the sm_90 compile of every shipped configuration is in
+tests/ops/test_gpu_compile.py)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
+from tops.cpu import simple_gla as reference
+from tops.gpu.simple_gla import chunk_simple_gla, kernel
+from tops.precision.convert import from_torch, to_torch
+
+# rel_l2 bounds of this file's small cases (T <= 300). f32 inputs run tf32 dots: each
+# operand is truncated to 10 mantissa bits (relative error < 2**-10, biased toward zero,
+# so it does not average out): about 1e-3 measured, 4e-3 allowed. bf16 inputs round the
+# decayed values, the chunk states and the attention matrix to bf16 before their dots
+# (2**-9 each): about 5e-3 measured, 2e-2 allowed.
+TOLERANCE = {"float32": 4e-3, "bfloat16": 2e-2}
+NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def _inputs(rng, *, batch, seq_len, heads, key_dim, value_dim, dtype, gate, states):
+    """NumPy inputs (q, k, v in ``dtype``; gates and state f32) as keyword arguments."""
+    np_dtype = NP_DTYPES[dtype]
+    arrays = {
+        "q": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(np_dtype),
+        "k": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(np_dtype),
+        "v": rng.standard_normal((batch, seq_len, heads, value_dim)).astype(np_dtype),
+    }
+    if gate in ("g", "both"):
+        logits = rng.standard_normal((batch, seq_len, heads)) + 2.0
+        arrays["g"] = (-np.logaddexp(0.0, -logits)).astype(np.float32)
+    if gate in ("g_gamma", "both"):
+        arrays["g_gamma"] = (-(2.0 ** (-8.0 * (np.arange(heads) + 1) / heads))).astype(np.float32)
+    if states:
+        shape = (states, heads, key_dim, value_dim)
+        arrays["initial_state"] = rng.standard_normal(shape).astype(np.float32)
+    return arrays
+
+
+def _run_both(arrays: dict, **static):
+    """(GPU outputs, reference outputs) as NumPy, for NumPy ``arrays``."""
+    device = backends.torch_device()
+    tensors = {name: to_torch(array, device) for name, array in arrays.items()}
+    o, final_state = chunk_simple_gla(**tensors, **static)
+    ref_o, ref_final = reference.chunk_simple_gla(**arrays, **static)
+    return (from_torch(o), None if final_state is None else from_torch(final_state)), (
+        ref_o,
+        ref_final,
+    )
+
+
+def _rel_l2(out, ref) -> float:
+    out = np.asarray(out, np.float64)
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def _check(gpu_outputs, ref_outputs, dtype, output_final_state):
+    (o, final_state), (ref_o, ref_final) = gpu_outputs, ref_outputs
+    assert o.dtype == NP_DTYPES[dtype] and o.shape == ref_o.shape
+    assert np.isfinite(np.asarray(o, np.float64)).all()
+    assert _rel_l2(o, ref_o) <= TOLERANCE[dtype], _rel_l2(o, ref_o)
+    if not output_final_state:
+        assert final_state is None
+        return
+    assert final_state.dtype == np.float32 and final_state.shape == ref_final.shape
+    assert np.isfinite(final_state).all()
+    assert _rel_l2(final_state, ref_final) <= TOLERANCE[dtype], _rel_l2(final_state, ref_final)
+
+
+# (batch, T, heads, K, V, chunk, gate, initial state, final state)
+CASES = [
+    (2, 1, 2, 64, 64, 64, "both", True, True),
+    (1, 63, 2, 100, 64, 64, "g", True, False),
+    (2, 64, 2, 64, 128, 128, "g_gamma", False, True),
+    (1, 100, 2, 128, 100, 64, "none", True, True),
+    (2, 100, 2, 64, 64, 128, "both", False, True),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    ("batch", "seq_len", "heads", "key_dim", "value_dim", "chunk", "gate", "h0", "ht"), CASES
+)
+def test_gpu_matches_reference(
+    dtype, batch, seq_len, heads, key_dim, value_dim, chunk, gate, h0, ht
+):
+    rng = np.random.default_rng(seq_len * 1000 + key_dim + value_dim + chunk)
+    arrays = _inputs(
+        rng,
+        batch=batch,
+        seq_len=seq_len,
+        heads=heads,
+        key_dim=key_dim,
+        value_dim=value_dim,
+        dtype=dtype,
+        gate=gate,
+        states=batch if h0 else 0,
+    )
+    outputs = _run_both(arrays, output_final_state=ht, chunk_size=chunk)
+    _check(*outputs, dtype, ht)
+
+
+VARLEN_CASES = [
+    ((0, 15), "float32", 64, "g"),
+    ((0, 1, 100, 300), "bfloat16", 128, "both"),
+    ((0, 1, 100, 300), "float32", 64, "g_gamma"),
+    ((0, 0, 70, 70, 130), "float32", 64, "both"),  # empty sequences keep their state
+]
+
+
+@pytest.mark.parametrize(("cu_seqlens", "dtype", "chunk", "gate"), VARLEN_CASES)
+def test_gpu_varlen_matches_reference(cu_seqlens, dtype, chunk, gate):
+    rng = np.random.default_rng(len(cu_seqlens) + chunk)
+    arrays = _inputs(
+        rng,
+        batch=1,
+        seq_len=cu_seqlens[-1],
+        heads=2,
+        key_dim=64,
+        value_dim=32,
+        dtype=dtype,
+        gate=gate,
+        states=len(cu_seqlens) - 1,
+    )
+    arrays["cu_seqlens"] = np.asarray(cu_seqlens, np.int32)
+    outputs = _run_both(arrays, output_final_state=True, chunk_size=chunk, scale=0.3)
+    _check(*outputs, dtype, True)
+    if cu_seqlens[1] == 0:  # an empty sequence's final state is its initial state
+        np.testing.assert_array_equal(outputs[0][1][0], arrays["initial_state"][0])
+
+
+def test_gpu_alibi_gates_at_chunk_128_stay_finite():
+    """ALiBi decays (layer 0 of 20, H = 16) at chunk 128: the exponents G_i - G_j that the
+    causal mask discards exceed 88.7, where exp overflows in f32, and so do the decays
+    G_last - G_j of the 127 rows past the end of the last chunk (T = 513). Masking every
+    exponent before exp keeps the outputs finite and accurate (factoring the decay as
+    exp(G_i) exp(-G_j), or decaying the padded rows unmasked, gives NaN here)."""
+    heads, seq_len, chunk, layer, layers = 16, 513, 128, 0, 20
+    slopes = (2.0 ** (-8.0 / heads)) ** (np.arange(heads) + 1)
+    g_gamma = (-slopes * (1 - layer / (layers - 1) + 1e-5)).astype(np.float32)
+    rows = np.arange(chunk)
+    G = g_gamma.astype(np.float64)[:, None] * (rows + 1)  # [H, i]
+    upper = rows[:, None] < rows[None, :]
+    unmasked = (G[:, :, None] - G[:, None, :])[:, upper]
+    assert unmasked.max() > 88.7
+
+    rng = np.random.default_rng(20)
+    arrays = _inputs(
+        rng,
+        batch=1,
+        seq_len=seq_len,
+        heads=heads,
+        key_dim=32,
+        value_dim=32,
+        dtype="float32",
+        gate="none",
+        states=1,
+    )
+    arrays["g_gamma"] = g_gamma
+    outputs = _run_both(arrays, output_final_state=True, chunk_size=chunk)
+    _check(*outputs, "float32", True)
+
+
+@pytest.mark.parametrize("output_final_state", [False, True])
+def test_gpu_empty_batch(output_final_state):
+    device = backends.torch_device()
+    q = torch.zeros((0, 5, 2, 8), dtype=torch.bfloat16, device=device)
+    v = torch.zeros((0, 5, 2, 3), dtype=torch.bfloat16, device=device)
+    o, final_state = chunk_simple_gla(q, q, v, output_final_state=output_final_state)
+    assert o.shape == (0, 5, 2, 3) and o.dtype == torch.bfloat16
+    if output_final_state:
+        assert final_state.shape == (0, 2, 8, 3) and final_state.dtype == torch.float32
+    else:
+        assert final_state is None
+
+
+def _bad_call(change: str):
+    device = backends.torch_device()
+    q = torch.zeros((1, 4, 2, 8), device=device)
+    v = torch.zeros((1, 4, 2, 6), device=device)
+    kwargs = {}
+    if change == "rank":
+        q = q[0]
+    elif change == "dtype":
+        v = v.to(torch.bfloat16)
+    elif change == "chunk":
+        kwargs["chunk_size"] = 32
+    elif change == "gamma_shape":
+        kwargs["g_gamma"] = torch.zeros(3, device=device)
+    elif change == "state_shape":
+        kwargs["initial_state"] = torch.zeros((1, 2, 6, 8), device=device)
+    elif change == "varlen_batch":
+        q, v = q.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)
+        kwargs["cu_seqlens"] = torch.tensor([0, 4], dtype=torch.int32, device=device)
+    elif change == "numpy":
+        q = np.zeros((1, 4, 2, 8), np.float32)
+    return chunk_simple_gla(q, q, v, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("rank", "q must have rank 4"),
+        ("dtype", "v must have the dtype of q"),
+        ("chunk", "chunk_size must be one of"),
+        ("gamma_shape", "g_gamma must have shape"),
+        ("state_shape", "initial_state must have shape"),
+        ("varlen_batch", "cu_seqlens requires B == 1"),
+        ("numpy", "q must be a torch.Tensor"),
+    ],
+)
+def test_gpu_bad_arguments_raise_value_errors(change, message):
+    with pytest.raises(ValueError, match=message):
+        _bad_call(change)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_dot_operands_are_rounded_as_tensor_cores_round_them(dtype):
+    """f32 operands are truncated to tf32 (1 + 2**-11 + 2**-12 -> 1; cvt.rna would give
+    1 + 2**-10); bf16 operands multiply exactly (the raw interpreter multiplies bit
+    patterns). Interpreted, this checks the emulation; on a GPU, the claim it emulates."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def dot_kernel(a_ptr, b_ptr, c_ptr, TF32: tl.constexpr):
+        r = tl.arange(0, 16)
+        offs = r[:, None] * 16 + r[None, :]
+        c = kernel._dot(tl.load(a_ptr + offs), tl.load(b_ptr + offs), TF32)
+        tl.store(c_ptr + offs, c)
+
+    device = backends.torch_device()
+    value = 1 + 2.0**-11 + 2.0**-12 if dtype == "float32" else 1.5
+    a = torch.full((16, 16), value, dtype=getattr(torch, dtype), device=device)
+    b = torch.ones((16, 16), dtype=getattr(torch, dtype), device=device)
+    c = torch.empty((16, 16), dtype=torch.float32, device=device)
+    dot_kernel[(1,)](a, b, c, TF32=dtype == "float32")
+    expected = 16.0 if dtype == "float32" else 24.0
+    assert (c.cpu() == expected).all(), c[0, 0].item()

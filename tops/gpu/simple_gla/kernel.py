@@ -1,0 +1,542 @@
+"""Triton kernels for the chunked simple GLA forward: a state pass, then an output pass.
+
+Per sequence and head, ``h_t = exp(g_t + gamma) h_{t-1} + k_t^T v_t`` and
+``o_t = scale q_t h_t``. The sequence is cut into chunks of ``BT`` tokens (64 or 128; each
+sequence's last chunk is partial). Within a chunk, with ``G_i`` the cumulative log decay
+from the chunk start to row ``i`` (``cumsum(g)_i + gamma (i + 1)``, f32) and ``S`` the
+state entering the chunk::
+
+    o_i   = scale (exp(G_i) q_i S + sum_{j <= i} exp(G_i - G_j) (q_i . k_j) v_j)
+    S_out = exp(G_last) S + sum_j k_j^T (exp(G_last - G_j) v_j)
+
+1. :func:`_chunk_states_kernel` walks the chunks of one sequence in order and stores the
+   state entering every chunk (``states [NC, H, K, V]``, ``NC`` chunks over all sequences,
+   sequence-major) and the final state. The state is carried in f32 registers.
+2. :func:`_chunk_output_kernel` computes each chunk's output independently from
+   ``states``: ``q S`` (inter-chunk) plus the causal, decayed ``q k^T`` matrix times ``v``
+   (intra-chunk).
+
+Why two kernels rather than one program per (sequence, head, V block) that walks the chunks
+with the state in registers: at ``B = 1`` that fused kernel has only ``H * cdiv(V, BV)``
+programs (32 for ``H = 16, V = 128``) on 132 SMs, each doing all the chunk work serially.
+Here the serial pass does only one ``[BK, BT] x [BT, BV]`` dot per chunk, over ``H *
+cdiv(K, BK) * cdiv(V, BV)`` programs (key blocks of the state are independent), and the
+output pass, which holds the heavy ``q k^T`` work, runs every chunk in parallel. The price
+is bytes: per chunk and head the states are written and read (``2 K V`` values) and ``k, v``
+read twice (``BT (K + V)`` more), against ``BT (2 K + 2 V)`` for the fused kernel's one
+pass over ``q, k, v, o``: 2.5x its bytes at ``K = V = 128, BT = 64``, 2x at ``BT = 128``.
+The stored states are also exactly what a
+backward pass needs (:func:`forward` returns them). Variable-length batches need no host
+sync: the kernels read ``cu_seqlens`` and a chunk table built by torch ops on the device,
+the output grid being the bound ``cdiv(T, BT) + N`` (spare programs mask everything).
+
+Arithmetic (mirrors flash-linear-attention's ``chunk_fwd_h`` / ``chunk_fwd_o``, which is
+what GPU users run):
+
+* ``tl.dot`` operands are in the inputs' precision class, accumulation is f32
+  (``out_dtype=tl.float32``). bf16 inputs: bf16 operands; the f32 intermediates that feed a
+  dot are rounded to bf16 first: the decayed values ``exp(G_last - G_j) v_j``, the stored
+  chunk states (``states`` is bf16) and the decayed attention matrix. f32 inputs: f32
+  operands, ``input_precision="tf32"``; ``states`` is f32.
+* tf32 on NVIDIA: Triton hands the f32 registers to ``mma``/``wgmma`` unchanged and the
+  tensor core reads only the top 19 bits (sign, exponent, 10 mantissa bits): truncation
+  toward zero, not ``cvt.rna`` rounding (triton-lang/triton#4574: Triton's tf32 ``tl.dot``
+  only matched cuBLAS once ``cvt.rna.tf32.f32`` was applied to the operands by hand; #9295
+  added rounding as an opt-in for TMA descriptors).
+* Faithful interpretation (``TRITON_INTERPRET=1``): the interpreter's ``tl.dot`` is an f32
+  NumPy matmul that ignores ``input_precision`` and multiplies raw bf16 bit patterns, so
+  :func:`_dot` upcasts bf16 operands to f32 (exact: bf16 products are exact in f32) and
+  truncates f32 operands to tf32 (``bits & 0xFFFFE000``) before the dot. What remains
+  different is the f32 accumulation order and ``tl.exp``'s hardware approximation.
+* Exponentials: ``tl.exp`` (natural base) throughout. Every exponent that is a gate
+  difference is masked before the exponential, ``exp(where(mask, G_i - G_j, 0))``, so no
+  masked-out (upper-triangle or past-the-end) difference can overflow to ``inf`` and meet a
+  zero (``inf * 0 = NaN``). ALiBi gates at chunk 128 reach ``G_i - G_j > 88.7`` above the
+  diagonal, where ``exp`` overflows in f32.
+* The state stays f32 across chunks; ``final_state`` is the f32 state, ``o`` is rounded
+  once to the dtype of ``v``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from tops.spec.simple_gla import CHUNK_SIZES
+
+# The interpreter's tl.dot is a float32 NumPy matmul: :func:`_dot` then rounds the operands
+# as the tensor cores would. Triton reads TRITON_INTERPRET when a kernel is defined, and
+# tops.backends.configure_triton sets it before this module is imported.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
+_INTERPRETED = tl.constexpr(INTERPRETED)
+
+# Blocks of the key and value dims: every K and V is covered by masked 64-wide blocks.
+BLOCK_K = 64
+BLOCK_V = 64
+
+
+def num_warps_for(kernel_name: str, chunk_size: int) -> int:
+    """Warps per program of the ``"states"`` or ``"out"`` kernel: the output kernel holds
+    a ``[BT, BT]`` f32 matrix (16 K values at ``BT = 128``), so it gets 8 warps there; the
+    state kernel's ``[64, 64]`` state fits 4 warps at either chunk size."""
+    if kernel_name == "out" and chunk_size == 128:
+        return 8
+    return 4
+
+
+@triton.jit
+def _dot(a, b, TF32: tl.constexpr):
+    """``a @ b`` with f32 accumulation: bf16 operands, or f32 operands as tf32.
+
+    Interpreted, bf16 operands are upcast (exact) and f32 operands truncated to tf32, the
+    arithmetic of the tensor cores; the interpreter's matmul itself is f32.
+    """
+    if _INTERPRETED:
+        if TF32:
+            a = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+            b = (b.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        else:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        return tl.dot(a, b, input_precision="ieee", out_dtype=tl.float32)
+    elif TF32:
+        return tl.dot(a, b, input_precision="tf32", out_dtype=tl.float32)
+    else:
+        return tl.dot(a, b, out_dtype=tl.float32)
+
+
+@triton.jit
+def _chunk_gates(
+    g_ptr,
+    gamma,
+    token0,
+    row0,
+    seq_len,
+    H,
+    i_h,
+    BT: tl.constexpr,
+    USE_G: tl.constexpr,
+    USE_GAMMA: tl.constexpr,
+):
+    """Cumulative log decay ``G [BT]`` (f32) of the chunk whose first row is ``row0`` of a
+    sequence of ``seq_len`` tokens starting at token ``token0``, and ``G_last``, its value
+    at the chunk's last valid row. Rows past the end read ``g = 0``; their ``G`` is never
+    used unmasked."""
+    rows = tl.arange(0, BT)
+    G = tl.zeros([BT], dtype=tl.float32)
+    if USE_G:
+        valid = row0 + rows < seq_len
+        g_offs = (token0 + row0 + rows).to(tl.int64) * H + i_h
+        G = tl.cumsum(tl.load(g_ptr + g_offs, mask=valid, other=0.0), axis=0)
+    if USE_GAMMA:
+        G = G + gamma * (rows + 1).to(tl.float32)
+    last = tl.minimum(BT, seq_len - row0) - 1
+    G_last = tl.sum(tl.where(rows == last, G, 0.0), axis=0)
+    return G, G_last
+
+
+@triton.jit
+def _chunk_states_kernel(
+    k_ptr,
+    v_ptr,
+    g_ptr,
+    gamma_ptr,
+    h0_ptr,
+    states_ptr,
+    ht_ptr,
+    cu_seqlens_ptr,
+    chunk_offsets_ptr,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_G: tl.constexpr,
+    USE_GAMMA: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    TF32: tl.constexpr,
+):
+    """Chunk-start states and the final state. Grid ``(N * H, cdiv(K, BK), cdiv(V, BV))``:
+    program ``(n * H + h, i_k, i_v)`` owns the ``[BK, BV]`` block ``(i_k, i_v)`` of the
+    state of sequence ``n``, head ``h`` (key blocks evolve independently) and walks that
+    sequence's ``cdiv(L_n, BT)`` chunks in order.
+
+    Sequence ``n`` is tokens ``[cu_seqlens[n], cu_seqlens[n + 1])`` of the flattened
+    ``[B * T]`` token axis (the launcher passes ``arange(B + 1) * T`` without varlen); its
+    first chunk is global chunk ``chunk_offsets[n]``.
+
+    Blocks touched per program, per chunk:
+      ``k_ptr``: ``[BK, BT]`` (``k`` transposed; rows past the sequence and columns past
+      ``K`` masked to 0). ``v_ptr``: ``[BT, BV]`` (masked likewise). ``g_ptr``: ``[BT]`` f32
+      (when ``USE_G``). ``states_ptr``: ``[BK, BV]`` written (the state entering the chunk,
+      in the dtype of ``states``).
+    Once per program: ``gamma_ptr`` ``[]`` f32 (``USE_GAMMA``); ``h0_ptr`` ``[BK, BV]`` f32
+    read (``USE_INITIAL_STATE``); ``ht_ptr`` ``[BK, BV]`` f32 written, always: one block
+    per sequence and head, at most ``2 / NC`` of the chunk-state bytes, which is cheaper
+    to write than to double the compiled variants with a flag; ``cu_seqlens_ptr`` (two)
+    and ``chunk_offsets_ptr`` (one) int32 scalars.
+    """
+    i_nh = tl.program_id(0)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    token0 = tl.load(cu_seqlens_ptr + i_n)
+    seq_len = tl.load(cu_seqlens_ptr + i_n + 1) - token0
+    chunk0 = tl.load(chunk_offsets_ptr + i_n)
+
+    offs_k = i_k * BK + tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
+    kv_offs = offs_k[:, None].to(tl.int64) * V + offs_v[None, :]
+    rows = tl.arange(0, BT)
+
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_INITIAL_STATE:
+        h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + kv_offs, mask=mask_kv, other=0.0)
+    gamma = 0.0
+    if USE_GAMMA:
+        gamma = tl.load(gamma_ptr + i_h)
+
+    for i_t in range(0, tl.cdiv(seq_len, BT)):
+        state_offs = ((chunk0 + i_t).to(tl.int64) * H + i_h) * K * V + kv_offs
+        tl.store(states_ptr + state_offs, h.to(states_ptr.dtype.element_ty), mask=mask_kv)
+
+        row_valid = i_t * BT + rows < seq_len
+        tokens = (token0 + i_t * BT + rows).to(tl.int64)
+        k_t = tl.load(
+            k_ptr + (tokens[None, :] * H + i_h) * K + offs_k[:, None],
+            mask=row_valid[None, :] & (offs_k[:, None] < K),
+            other=0.0,
+        )
+        v_c = tl.load(
+            v_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
+            mask=row_valid[:, None] & (offs_v[None, :] < V),
+            other=0.0,
+        )
+        if USE_G or USE_GAMMA:
+            G, G_last = _chunk_gates(
+                g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
+            )
+            decay_to_end = tl.exp(tl.where(row_valid, G_last - G, 0.0))
+            v_c = (v_c * decay_to_end[:, None]).to(v_ptr.dtype.element_ty)
+            h = h * tl.exp(G_last)
+        h += _dot(k_t, v_c, TF32)
+
+    tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + kv_offs, h, mask=mask_kv)
+
+
+@triton.jit
+def _chunk_output_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    g_ptr,
+    gamma_ptr,
+    states_ptr,
+    o_ptr,
+    cu_seqlens_ptr,
+    chunk_seq_ptr,
+    chunk_offsets_ptr,
+    scale,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_G: tl.constexpr,
+    USE_GAMMA: tl.constexpr,
+    TF32: tl.constexpr,
+):
+    """Output of one chunk. Grid ``(NC_grid, cdiv(V, BV), H)``: program ``(c, i_v, h)``
+    writes the ``[BT, BV]`` block ``i_v`` of global chunk ``c``, head ``h``.
+
+    ``chunk_seq[c]`` is the sequence of chunk ``c`` (``-1`` for the grid's spare chunks
+    past the last one, whose programs mask every load and store), ``chunk_offsets[n]`` the
+    first global chunk of sequence ``n``; tokens as in :func:`_chunk_states_kernel`.
+
+    Blocks touched per program:
+      per key block (``cdiv(K, BK)`` of them): ``q_ptr`` ``[BT, BK]``, ``k_ptr``
+      ``[BK, BT]`` (transposed), ``states_ptr`` ``[BK, BV]`` (the state entering chunk
+      ``c``), all masked to the sequence and to ``K``, ``V``;
+      once: ``g_ptr`` ``[BT]`` f32 (``USE_G``), ``gamma_ptr`` ``[]`` f32 (``USE_GAMMA``),
+      ``v_ptr`` ``[BT, BV]`` read and ``o_ptr`` ``[BT, BV]`` written (dtype of ``v``),
+      three int32 scalars of the chunk table.
+    The ``[BT, BT]`` f32 matrix ``q k^T`` and the ``[BT, BV]`` f32 output stay in registers.
+    """
+    i_c = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_h = tl.program_id(2)
+    seq = tl.load(chunk_seq_ptr + i_c)
+    i_n = tl.maximum(seq, 0)
+    token0 = tl.load(cu_seqlens_ptr + i_n)
+    seq_len = tl.where(seq >= 0, tl.load(cu_seqlens_ptr + i_n + 1) - token0, 0)
+    row0 = (i_c - tl.load(chunk_offsets_ptr + i_n)) * BT
+
+    rows = tl.arange(0, BT)
+    row_valid = row0 + rows < seq_len
+    tokens = (token0 + row0 + rows).to(tl.int64)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    state_base = states_ptr + (i_c.to(tl.int64) * H + i_h) * K * V
+    # A spare chunk reads no state (its ``states`` rows are never written).
+    state_k = tl.where(seq >= 0, K, 0)
+
+    o = tl.zeros([BT, BV], dtype=tl.float32)
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        mask_k = offs_k < K
+        q_c = tl.load(
+            q_ptr + (tokens[:, None] * H + i_h) * K + offs_k[None, :],
+            mask=row_valid[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        k_t = tl.load(
+            k_ptr + (tokens[None, :] * H + i_h) * K + offs_k[:, None],
+            mask=row_valid[None, :] & mask_k[:, None],
+            other=0.0,
+        )
+        s = tl.load(
+            state_base + offs_k[:, None].to(tl.int64) * V + offs_v[None, :],
+            mask=(offs_k < state_k)[:, None] & mask_v[None, :],
+            other=0.0,
+        )
+        o += _dot(q_c, s, TF32)
+        A += _dot(q_c, k_t, TF32)
+
+    causal = (rows[:, None] >= rows[None, :]) & row_valid[:, None] & row_valid[None, :]
+    if USE_G or USE_GAMMA:
+        gamma = 0.0
+        if USE_GAMMA:
+            gamma = tl.load(gamma_ptr + i_h)
+        G, _ = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
+        o = o * tl.exp(tl.where(row_valid, G, 0.0))[:, None]
+        A = A * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
+    A = tl.where(causal, A, 0.0)
+
+    v_c = tl.load(
+        v_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
+        mask=row_valid[:, None] & mask_v[None, :],
+        other=0.0,
+    )
+    o = o * scale + _dot(A.to(v_ptr.dtype.element_ty), v_c, TF32) * scale
+    tl.store(
+        o_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
+        o.to(o_ptr.dtype.element_ty),
+        mask=row_valid[:, None] & mask_v[None, :],
+    )
+
+
+def _chunk_table(cu_seqlens: torch.Tensor, seq_len: int, chunk_size: int):
+    """Chunk bookkeeping on the device, without a host sync.
+
+    Returns ``(chunk_offsets, chunk_seq, num_chunks_bound)``: ``chunk_offsets [N + 1]``
+    int32, the first global chunk of each sequence (exclusive cumsum of
+    ``cdiv(L_n, BT)``); ``chunk_seq [bound]`` int32, the sequence of each global chunk and
+    ``-1`` past the last; ``bound = cdiv(T, BT) + N`` chunks, an upper bound on
+    ``sum_n cdiv(L_n, BT)`` known without reading ``cu_seqlens`` on the host.
+    """
+    num_seqs = cu_seqlens.shape[0] - 1
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
+    counts = torch.div(lengths + chunk_size - 1, chunk_size, rounding_mode="floor")
+    chunk_offsets = torch.zeros(num_seqs + 1, dtype=torch.int64, device=cu_seqlens.device)
+    chunk_offsets[1:] = torch.cumsum(counts, 0)
+    bound = triton.cdiv(seq_len, chunk_size) + num_seqs
+    chunks = torch.arange(bound, dtype=torch.int64, device=cu_seqlens.device)
+    chunk_seq = torch.searchsorted(chunk_offsets, chunks, right=True) - 1
+    chunk_seq = torch.where(chunk_seq < num_seqs, chunk_seq, -1)
+    return chunk_offsets.to(torch.int32), chunk_seq.to(torch.int32), bound
+
+
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    g_gamma: torch.Tensor | None,
+    scale: float,
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+    cu_seqlens: torch.Tensor | None,
+    chunk_size: int,
+):
+    """Launch both kernels on validated, contiguous inputs with ``B >= 1``.
+
+    Args: as :func:`tops.gpu.simple_gla.chunk_simple_gla`, ``scale`` resolved to a float.
+
+    Returns:
+      ``(o, final_state, states, chunk_offsets)``: ``o [B, T, H, V]`` (dtype of ``v``);
+      ``final_state`` f32 ``[N, H, K, V]`` or None; ``states [NC, H, K, V]``, the state
+      entering each global chunk (bf16 for bf16 inputs, f32 for f32; for the grid's spare
+      chunks past the last real one the contents are unspecified); ``chunk_offsets
+      [N + 1]`` int32, sequence ``n`` owning chunks ``[chunk_offsets[n],
+      chunk_offsets[n + 1])``. ``states`` and ``chunk_offsets`` are what a backward pass
+      needs to avoid recomputing the state recurrence.
+    """
+    batch, seq_len, heads, key_dim = q.shape
+    value_dim = v.shape[3]
+    device = q.device
+    if cu_seqlens is None:
+        cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=device) * seq_len
+        num_chunks = triton.cdiv(seq_len, chunk_size)
+        chunk_offsets = torch.arange(batch + 1, dtype=torch.int32, device=device) * num_chunks
+        grid_chunks = batch * num_chunks
+        chunk_seq = torch.div(
+            torch.arange(grid_chunks, dtype=torch.int32, device=device),
+            num_chunks,
+            rounding_mode="floor",
+        )
+    else:
+        cu_seqlens = cu_seqlens.to(torch.int32)
+        chunk_offsets, chunk_seq, grid_chunks = _chunk_table(cu_seqlens, seq_len, chunk_size)
+    num_seqs = cu_seqlens.shape[0] - 1
+
+    states_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+    states = torch.empty(
+        (grid_chunks, heads, key_dim, value_dim), dtype=states_dtype, device=device
+    )
+    final_state = torch.empty(
+        (num_seqs, heads, key_dim, value_dim), dtype=torch.float32, device=device
+    )
+    o = torch.empty_like(v)
+    flags = {
+        "BT": chunk_size,
+        "BK": BLOCK_K,
+        "BV": BLOCK_V,
+        "USE_G": g is not None,
+        "USE_GAMMA": g_gamma is not None,
+        "TF32": q.dtype == torch.float32,
+    }
+    _chunk_states_kernel[
+        (num_seqs * heads, triton.cdiv(key_dim, BLOCK_K), triton.cdiv(value_dim, BLOCK_V))
+    ](
+        k,
+        v,
+        g,
+        g_gamma,
+        initial_state,
+        states,
+        final_state,
+        cu_seqlens,
+        chunk_offsets,
+        heads,
+        key_dim,
+        value_dim,
+        USE_INITIAL_STATE=initial_state is not None,
+        num_warps=num_warps_for("states", chunk_size),
+        **flags,
+    )
+    _chunk_output_kernel[(grid_chunks, triton.cdiv(value_dim, BLOCK_V), heads)](
+        q,
+        k,
+        v,
+        g,
+        g_gamma,
+        states,
+        o,
+        cu_seqlens,
+        chunk_seq,
+        chunk_offsets,
+        scale,
+        heads,
+        key_dim,
+        value_dim,
+        num_warps=num_warps_for("out", chunk_size),
+        **flags,
+    )
+    return o, (final_state if output_final_state else None), states, chunk_offsets
+
+
+def _signature(kernel_name: str, dtype: str, use_g: bool, use_gamma: bool, flags: dict) -> dict:
+    """The ``ASTSource`` signature of one configuration of the ``"states"`` or ``"out"``
+    kernel: an absent gate or initial state is a ``None`` constexpr, as the launcher's
+    ``None`` argument specialises it."""
+    qkv = f"*{dtype}"
+    states = "*bf16" if dtype == "bf16" else "*fp32"
+    gates = {
+        "g_ptr": "*fp32" if use_g else "constexpr",
+        "gamma_ptr": "*fp32" if use_gamma else "constexpr",
+    }
+    if kernel_name == "states":
+        pointers = {
+            "k_ptr": qkv,
+            "v_ptr": qkv,
+            **gates,
+            "h0_ptr": "*fp32" if flags["USE_INITIAL_STATE"] else "constexpr",
+            "states_ptr": states,
+            "ht_ptr": "*fp32",
+            "cu_seqlens_ptr": "*i32",
+            "chunk_offsets_ptr": "*i32",
+        }
+        scalars = {"H": "i32", "K": "i32", "V": "i32"}
+    else:
+        pointers = {
+            "q_ptr": qkv,
+            "k_ptr": qkv,
+            "v_ptr": qkv,
+            **gates,
+            "states_ptr": states,
+            "o_ptr": qkv,
+            "cu_seqlens_ptr": "*i32",
+            "chunk_seq_ptr": "*i32",
+            "chunk_offsets_ptr": "*i32",
+        }
+        scalars = {"scale": "fp32", "H": "i32", "K": "i32", "V": "i32"}
+    return {**pointers, **scalars, **dict.fromkeys(flags, "constexpr")}
+
+
+def compile_configs() -> list[dict]:
+    """Every shipped kernel configuration, for the compile-only checks.
+
+    Both kernels for each chunk size (64, 128), input dtype (bf16, f32 as tf32) and gate
+    combination (``g``, ``g_gamma``, both, neither), the state kernel also with and
+    without an initial state; blocks are always ``BLOCK_K x BLOCK_V``. Entries:
+    ``{"name", "kernel", "signature", "constexprs", "num_warps"}``.
+    """
+    configs = []
+    for chunk_size in CHUNK_SIZES:
+        for dtype in ("bf16", "fp32"):
+            for use_g in (False, True):
+                for use_gamma in (False, True):
+                    gate_name = f"g{int(use_g)}gamma{int(use_gamma)}"
+                    common = {
+                        "BT": chunk_size,
+                        "BK": BLOCK_K,
+                        "BV": BLOCK_V,
+                        "USE_G": use_g,
+                        "USE_GAMMA": use_gamma,
+                        "TF32": dtype == "fp32",
+                    }
+                    none_pointers = {
+                        name: None
+                        for name, used in (("g_ptr", use_g), ("gamma_ptr", use_gamma))
+                        if not used
+                    }
+                    for use_h0 in (False, True):
+                        flags = {**common, "USE_INITIAL_STATE": use_h0}
+                        nones = dict(none_pointers, **({} if use_h0 else {"h0_ptr": None}))
+                        configs.append(
+                            {
+                                "name": f"states_C{chunk_size}_{dtype}_{gate_name}_h0{int(use_h0)}",
+                                "kernel": _chunk_states_kernel,
+                                "signature": _signature("states", dtype, use_g, use_gamma, flags),
+                                "constexprs": {**flags, **nones},
+                                "num_warps": num_warps_for("states", chunk_size),
+                            }
+                        )
+                    configs.append(
+                        {
+                            "name": f"out_C{chunk_size}_{dtype}_{gate_name}",
+                            "kernel": _chunk_output_kernel,
+                            "signature": _signature("out", dtype, use_g, use_gamma, common),
+                            "constexprs": {**common, **none_pointers},
+                            "num_warps": num_warps_for("out", chunk_size),
+                        }
+                    )
+    return configs
