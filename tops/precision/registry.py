@@ -20,6 +20,7 @@ Arrays = dict[str, np.ndarray]
 OP_MODULES = (
     "tops.precision.cases.temperature_softmax",
     "tops.precision.cases.topk",
+    "tops.precision.cases.simple_gla",
 )
 KERNEL_BACKENDS = ("tpu", "gpu")
 

@@ -1,0 +1,260 @@
+"""Registered cases of the chunked simple GLA forward: a covering grid over the contract
+and the varlen layouts.
+
+Tolerance (rule 1, both backends), for an output in ``u_out`` precision (``2**-9`` for
+bf16 ``o``, ``2**-24`` for f32 ``o`` and ``final_state``), inputs whose GPU matmul operands
+round to ``u_op`` (bf16 operands: ``2**-8``; tf32 for f32 inputs: ``2**-10``), chunk ``C``,
+key width ``K`` and ``T`` tokens::
+
+    ε <= u_out + 4 * u_op + (C + K + ceil(T / C)) * 2**-24
+
+The GPU kernel uses the tensor-core arithmetic flash-linear-attention uses: on every
+path to an output about four operands are rounded to ``u_op`` (the gated query, the
+intra-chunk attention matrix, the state and the gated key of the state update); their
+errors are independent, so they add in quadrature, and ``4 u_op`` bounds them with room
+for correlated rows. The last term is the worst-case float32 accumulation of the
+intra-chunk sum (``C`` terms), the state product (``K``) and the state recurrence over
+``ceil(T / C)`` chunk updates: it grows with the sequence, while the operand rounding
+does not (a state that keeps a long history is a sum of independently rounded chunk
+contributions, whose relative error does not grow). Measured in interpret mode over the
+grid: ε_GPU up to 8.2e-3 (bf16 ``o``), 3.3e-3 (bf16 ``final_state``), 1.5e-3 (f32 ``o``),
+8.2e-4 (f32 ``final_state``); the TPU kernel (f32 operands at HIGHEST, double-float gate
+sums) is at the bf16 floor for bf16 ``o`` and within 12x of the float32 floor otherwise
+(ε_TPU <= 3.2e-7).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tops.precision.metrics import numpy_dtype
+from tops.precision.registry import Arrays, Case, Op
+
+SLOW_TOKEN_HEADS = 8192
+GATES = ("g", "g_gamma", "both", "none")
+
+
+def _keyword_arguments(inputs: Arrays) -> dict:
+    """The static arguments of the call, from the case inputs."""
+    kwargs = {
+        "chunk_size": int(inputs["chunk_size"]),
+        "output_final_state": bool(inputs["output_final_state"]),
+    }
+    if "scale" in inputs:
+        kwargs["scale"] = float(inputs["scale"])
+    return kwargs
+
+
+ARRAY_ARGUMENTS = ("g", "g_gamma", "initial_state", "cu_seqlens")
+
+
+def _outputs(o, final_state) -> Arrays:
+    return {"o": o} if final_state is None else {"o": o, "final_state": final_state}
+
+
+def _reference(inputs: Arrays) -> Arrays:
+    from tops.cpu import simple_gla
+
+    arrays = {name: inputs[name] for name in ARRAY_ARGUMENTS if name in inputs}
+    return _outputs(
+        *simple_gla.chunk_simple_gla(
+            inputs["q"], inputs["k"], inputs["v"], **arrays, **_keyword_arguments(inputs)
+        )
+    )
+
+
+def _run_tpu(inputs: Arrays) -> Arrays:
+    from tops.ops import simple_gla
+    from tops.precision.convert import from_jax, to_jax
+
+    arrays = {name: to_jax(inputs[name]) for name in ARRAY_ARGUMENTS if name in inputs}
+    o, final_state = simple_gla.chunk_simple_gla(
+        *(to_jax(inputs[name]) for name in ("q", "k", "v")), **arrays, **_keyword_arguments(inputs)
+    )
+    return _outputs(from_jax(o), None if final_state is None else from_jax(final_state))
+
+
+def _run_gpu(inputs: Arrays) -> Arrays:
+    from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
+    from tops.gpu import simple_gla
+    from tops.precision.convert import from_torch, to_torch
+
+    device = backends.torch_device()
+    arrays = {name: to_torch(inputs[name], device) for name in ARRAY_ARGUMENTS if name in inputs}
+    o, final_state = simple_gla.chunk_simple_gla(
+        *(to_torch(inputs[name], device) for name in ("q", "k", "v")),
+        **arrays,
+        **_keyword_arguments(inputs),
+    )
+    return _outputs(from_torch(o), None if final_state is None else from_torch(final_state))
+
+
+def _output_dtypes(inputs: Arrays) -> dict[str, str]:
+    dtypes = {"o": str(inputs["v"].dtype)}
+    if bool(inputs["output_final_state"]):
+        dtypes["final_state"] = "float32"
+    return dtypes
+
+
+# unit roundoff of the GPU kernel's matmul operands and of the output, per q/k/v dtype
+OPERAND_UNIT = {"bfloat16": 2.0**-8, "float32": 2.0**-10}
+OUTPUT_UNIT = {"bfloat16": 2.0**-9, "float32": 2.0**-24}
+
+
+def tolerance(dtype: str, seq_len: int, chunk_size: int, key_dim: int) -> dict[str, float]:
+    """The rule-1 bounds on ε of ``o`` and ``final_state`` (module docstring)."""
+    accumulation = (chunk_size + key_dim + math.ceil(seq_len / chunk_size)) * 2.0**-24
+    operands = 4 * OPERAND_UNIT[dtype] + accumulation
+    return {"o": OUTPUT_UNIT[dtype] + operands, "final_state": OUTPUT_UNIT["float32"] + operands}
+
+
+def _case(
+    *,
+    dtype: str,
+    batch: int,
+    seq_len: int,
+    heads: int,
+    key_dim: int,
+    value_dim: int,
+    chunk_size: int,
+    gate: str,
+    initial_state: bool,
+    final_state: bool,
+    scale: float | None = None,
+    cu_seqlens: tuple[int, ...] | None = None,
+    seed: int,
+) -> Case:
+    num_states = batch if cu_seqlens is None else len(cu_seqlens) - 1
+
+    def make() -> Arrays:
+        rng = np.random.default_rng(seed)
+        qkv_dtype = numpy_dtype(dtype)
+        inputs = {
+            "q": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(qkv_dtype),
+            "k": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(qkv_dtype),
+            "v": rng.standard_normal((batch, seq_len, heads, value_dim)).astype(qkv_dtype),
+            "chunk_size": np.asarray(chunk_size),
+            "output_final_state": np.asarray(final_state),
+        }
+        if gate in ("g", "both"):
+            # log-sigmoid of a normal: per-token decays in (0, 1), mean about exp(-0.8)
+            logits = rng.standard_normal((batch, seq_len, heads))
+            inputs["g"] = (-np.logaddexp(0.0, -logits)).astype(np.float32)
+        if gate in ("g_gamma", "both"):
+            slopes = 2.0 ** (-8.0 * (np.arange(heads) + 1) / heads)
+            inputs["g_gamma"] = (-slopes).astype(np.float32)
+        if initial_state:
+            shape = (num_states, heads, key_dim, value_dim)
+            inputs["initial_state"] = rng.standard_normal(shape).astype(np.float32)
+        if scale is not None:
+            inputs["scale"] = np.asarray(scale)
+        if cu_seqlens is not None:
+            inputs["cu_seqlens"] = np.asarray(cu_seqlens, np.int32)
+        return inputs
+
+    name = (
+        f"{dtype}_B{batch}_T{seq_len}_H{heads}_K{key_dim}_V{value_dim}_C{chunk_size}_{gate}"
+        + ("_h0" if initial_state else "")
+        + ("_hT" if final_state else "")
+        + ("" if scale is None else f"_scale{scale}")
+        + ("" if cu_seqlens is None else "_cu" + "-".join(map(str, cu_seqlens)))
+    )
+    slow = batch * seq_len * heads > SLOW_TOKEN_HEADS
+    return Case(name, make, tolerance(dtype, seq_len, chunk_size, key_dim), slow=slow)
+
+
+def _cases() -> tuple[Case, ...]:
+    grid = []
+    seed = 0
+
+    def add(**params) -> None:
+        nonlocal seed
+        seed += 1
+        grid.append(_case(seed=seed, **params))
+
+    # Every T, gate, chunk size and dtype, with and without states, at K = V = 64.
+    for dtype in ("float32", "bfloat16"):
+        for chunk_size in (64, 128):
+            for index, seq_len in enumerate((1, 63, 64, 100, 1000)):
+                gate = GATES[(index + chunk_size // 64) % len(GATES)]
+                add(
+                    dtype=dtype,
+                    batch=2 if seq_len < 1000 else 1,
+                    seq_len=seq_len,
+                    heads=4 if seq_len < 1000 else 2,
+                    key_dim=64,
+                    value_dim=64,
+                    chunk_size=chunk_size,
+                    gate=gate,
+                    initial_state=index % 2 == 0,
+                    final_state=index != 3,
+                )
+    # Head counts, head dimensions that need padding, K != V, scale 0.1.
+    for dtype in ("float32", "bfloat16"):
+        for heads, key_dim, value_dim, gate in (
+            (1, 100, 64, "both"),
+            (16, 64, 128, "g_gamma"),
+            (4, 128, 100, "g"),
+            (2, 256, 128, "none"),
+            (1, 128, 256, "both"),
+        ):
+            add(
+                dtype=dtype,
+                batch=1,
+                seq_len=100,
+                heads=heads,
+                key_dim=key_dim,
+                value_dim=value_dim,
+                chunk_size=64,
+                gate=gate,
+                initial_state=True,
+                final_state=True,
+                scale=0.1,
+            )
+    # Varlen: sequences that start and end inside chunks, from their own states.
+    for dtype, cu_seqlens, chunk_size in (
+        ("float32", (0, 15), 64),
+        ("bfloat16", (0, 256, 500, 1000), 64),
+        ("float32", (0, 1, 100, 300, 1200, 2048), 128),
+        ("bfloat16", (0, 1, 100, 300, 1200, 2048), 64),
+    ):
+        add(
+            dtype=dtype,
+            batch=1,
+            seq_len=cu_seqlens[-1],
+            heads=2,
+            key_dim=64,
+            value_dim=64,
+            chunk_size=chunk_size,
+            gate="both",
+            initial_state=True,
+            final_state=True,
+            cu_seqlens=cu_seqlens,
+        )
+    # Long sequences (slow): the state recurrence over many chunks.
+    for dtype in ("float32", "bfloat16"):
+        for gate in ("none", "both"):
+            add(
+                dtype=dtype,
+                batch=1,
+                seq_len=4096,
+                heads=4,
+                key_dim=128,
+                value_dim=128,
+                chunk_size=64,
+                gate=gate,
+                initial_state=False,
+                final_state=True,
+            )
+    return tuple(grid)
+
+
+OP = Op(
+    name="simple_gla",
+    output_dtypes=_output_dtypes,
+    reference=_reference,
+    runners={"tpu": _run_tpu, "gpu": _run_gpu},
+    cases=_cases(),
+)
