@@ -37,3 +37,14 @@ def test_topk_benchmark_prints_device_and_termination_statistics():
     )
     assert "# top-k, bf16, " in done.stdout and "torch ms" in done.stdout
     assert "termination statistics" in done.stdout and "max depth" in done.stdout
+
+
+def test_simple_gla_benchmark_prints_device_and_bytes():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_simple_gla.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "# simple GLA forward, bf16" in done.stdout and "tops ms" in done.stdout
+    assert "minimum MB" in done.stdout and "ratio" in done.stdout
