@@ -49,7 +49,7 @@ row next to the row itself); the values are gathered from ``x`` by the wrapper s
 they are the input elements bit for bit, NaN payloads included.
 
 ``k > FAST_PATH_MAX_K``, or rows too wide for VMEM (``FAST_PATH_MAX_V``), use
-``sort_topk``: XLA sorts each row lexicographically by ``(~key, index)`` (exact by
+``sort_topk_indices``: XLA sorts each row lexicographically by ``(~key, index)`` (exact by
 construction) and keeps the first ``k``.
 """
 
