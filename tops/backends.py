@@ -55,10 +55,17 @@ def tpu_mode() -> str:
     return "tpu" if has_tpu else "tpu-interpret"
 
 
+def triton_interprets() -> bool:
+    """Whether Triton defines kernels for its interpreter (``TRITON_INTERPRET``, which
+    :func:`configure_triton` sets): kernels that round operands the way tensor cores do
+    read this when they are imported."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUTHY
+
+
 @functools.cache
 def gpu_mode() -> str:
     """``"gpu"`` when torch sees a CUDA device and interpretation is not forced."""
-    if interpret_forced() or os.environ.get("TRITON_INTERPRET", "") == "1":
+    if interpret_forced() or triton_interprets():
         return "gpu-interpret"
     import torch
 

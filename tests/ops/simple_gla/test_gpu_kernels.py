@@ -5,7 +5,6 @@ tests/ops/test_gpu_compile.py)."""
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,9 @@ import torch
 from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
 from tops.cpu import simple_gla as reference
 from tops.gpu.simple_gla import chunk_simple_gla, kernel
+from tops.precision.cases.simple_gla import random_arrays
 from tops.precision.convert import from_torch, to_torch
+from tops.precision.metrics import numpy_dtype
 
 # rel_l2 bounds of this file's small cases (T <= 300). f32 inputs run tf32 dots: each
 # operand is truncated to 10 mantissa bits (relative error < 2**-10, biased toward zero,
@@ -21,26 +22,12 @@ from tops.precision.convert import from_torch, to_torch
 # decayed values, the chunk states and the attention matrix to bf16 before their dots
 # (2**-9 each): about 5e-3 measured, 2e-2 allowed.
 TOLERANCE = {"float32": 4e-3, "bfloat16": 2e-2}
-NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
-def _inputs(rng, *, batch, seq_len, heads, key_dim, value_dim, dtype, gate, states):
-    """NumPy inputs (q, k, v in ``dtype``; gates and state f32) as keyword arguments."""
-    np_dtype = NP_DTYPES[dtype]
-    arrays = {
-        "q": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(np_dtype),
-        "k": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(np_dtype),
-        "v": rng.standard_normal((batch, seq_len, heads, value_dim)).astype(np_dtype),
-    }
-    if gate in ("g", "both"):
-        logits = rng.standard_normal((batch, seq_len, heads)) + 2.0
-        arrays["g"] = (-np.logaddexp(0.0, -logits)).astype(np.float32)
-    if gate in ("g_gamma", "both"):
-        arrays["g_gamma"] = (-(2.0 ** (-8.0 * (np.arange(heads) + 1) / heads))).astype(np.float32)
-    if states:
-        shape = (states, heads, key_dim, value_dim)
-        arrays["initial_state"] = rng.standard_normal(shape).astype(np.float32)
-    return arrays
+def _inputs(rng, *, states, **shapes):
+    """``random_arrays`` with milder per-token gates (logits shifted by +2) and
+    ``states`` initial states (none when 0)."""
+    return random_arrays(rng, num_states=states, gate_shift=2.0, **shapes)
 
 
 def _run_both(arrays: dict, **static):
@@ -62,7 +49,7 @@ def _rel_l2(out, ref) -> float:
 
 def _check(gpu_outputs, ref_outputs, dtype, output_final_state):
     (o, final_state), (ref_o, ref_final) = gpu_outputs, ref_outputs
-    assert o.dtype == NP_DTYPES[dtype] and o.shape == ref_o.shape
+    assert o.dtype == numpy_dtype(dtype) and o.shape == ref_o.shape
     assert np.isfinite(np.asarray(o, np.float64)).all()
     assert _rel_l2(o, ref_o) <= TOLERANCE[dtype], _rel_l2(o, ref_o)
     if not output_final_state:

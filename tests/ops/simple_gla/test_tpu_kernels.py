@@ -14,30 +14,17 @@ from tops.backends import pallas_interpret
 from tops.compile_only import lower_for_tpu
 from tops.cpu import simple_gla as reference
 from tops.ops.simple_gla import chunk_simple_gla, kernel, make_alibi_g_gamma
-from tops.precision.metrics import compare, numpy_dtype
+from tops.precision.cases.simple_gla import random_arrays
+from tops.precision.metrics import compare
 
 # float32 arithmetic throughout (HIGHEST matmuls, float32 state, double-float gate sums):
 # measured ε <= 2.6e-7 for o and final_state on these sizes (T <= 512); the bound leaves 4x.
 F32_EPS = 1e-6
 
 
-def _inputs(seed, *, batch, seq_len, heads, key_dim, value_dim, dtype, gate, h0, num_states):
-    rng = np.random.default_rng(seed)
-    dt = numpy_dtype(dtype)
-    arrays = {
-        "q": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(dt),
-        "k": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(dt),
-        "v": rng.standard_normal((batch, seq_len, heads, value_dim)).astype(dt),
-    }
-    if gate in ("g", "both"):
-        logits = rng.standard_normal((batch, seq_len, heads))
-        arrays["g"] = (-np.logaddexp(0.0, -logits)).astype(np.float32)
-    if gate in ("g_gamma", "both"):
-        arrays["g_gamma"] = (-(2.0 ** (-8.0 * (np.arange(heads) + 1) / heads))).astype(np.float32)
-    if h0:
-        shape = (num_states, heads, key_dim, value_dim)
-        arrays["initial_state"] = rng.standard_normal(shape).astype(np.float32)
-    return arrays
+def _inputs(seed, *, h0, num_states, **shapes):
+    """``random_arrays`` from ``seed``, with an initial state when ``h0``."""
+    return random_arrays(np.random.default_rng(seed), num_states=num_states if h0 else 0, **shapes)
 
 
 def _check(got, ref, dtype):

@@ -59,19 +59,17 @@ what GPU users run):
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from tops.backends import triton_interprets
 from tops.spec.simple_gla import CHUNK_SIZES
 
 # The interpreter's tl.dot is a float32 NumPy matmul: :func:`_dot` then rounds the operands
 # as the tensor cores would. Triton reads TRITON_INTERPRET when a kernel is defined, and
 # tops.backends.configure_triton sets it before this module is imported.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
-_INTERPRETED = tl.constexpr(INTERPRETED)
+_INTERPRETED = tl.constexpr(triton_interprets())
 
 # Blocks of the key and value dims: every K and V is covered by masked 64-wide blocks.
 BLOCK_K = 64

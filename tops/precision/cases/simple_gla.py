@@ -110,6 +110,43 @@ def tolerance(dtype: str, seq_len: int, chunk_size: int, key_dim: int) -> dict[s
     return {"o": OUTPUT_UNIT[dtype] + operands, "final_state": OUTPUT_UNIT["float32"] + operands}
 
 
+def random_arrays(
+    rng: np.random.Generator,
+    *,
+    batch: int,
+    seq_len: int,
+    heads: int,
+    key_dim: int,
+    value_dim: int,
+    dtype: str,
+    gate: str,
+    num_states: int,
+    gate_shift: float = 0.0,
+) -> Arrays:
+    """Random inputs of the op as NumPy arrays named like its arguments: normal ``q, k``
+    ``[B, T, H, K]`` and ``v [B, T, H, V]`` in ``dtype``; for ``gate`` "g" or "both",
+    ``g = logsigmoid(N(gate_shift, 1))`` (per-token decays in (0, 1), mean about exp(-0.8)
+    unshifted); for "g_gamma" or "both", ALiBi-like ``g_gamma = -2**(-8 (h + 1) / H)``;
+    with ``num_states > 0``, a normal f32 ``initial_state [num_states, H, K, V]``.
+    Drawn from ``rng`` in that order (the cases and the kernel tests share it)."""
+    qkv_dtype = numpy_dtype(dtype)
+    arrays = {
+        "q": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(qkv_dtype),
+        "k": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(qkv_dtype),
+        "v": rng.standard_normal((batch, seq_len, heads, value_dim)).astype(qkv_dtype),
+    }
+    if gate in ("g", "both"):
+        logits = rng.standard_normal((batch, seq_len, heads)) + gate_shift
+        arrays["g"] = (-np.logaddexp(0.0, -logits)).astype(np.float32)
+    if gate in ("g_gamma", "both"):
+        slopes = 2.0 ** (-8.0 * (np.arange(heads) + 1) / heads)
+        arrays["g_gamma"] = (-slopes).astype(np.float32)
+    if num_states:
+        shape = (num_states, heads, key_dim, value_dim)
+        arrays["initial_state"] = rng.standard_normal(shape).astype(np.float32)
+    return arrays
+
+
 def _case(
     *,
     dtype: str,
@@ -129,25 +166,19 @@ def _case(
     num_states = batch if cu_seqlens is None else len(cu_seqlens) - 1
 
     def make() -> Arrays:
-        rng = np.random.default_rng(seed)
-        qkv_dtype = numpy_dtype(dtype)
-        inputs = {
-            "q": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(qkv_dtype),
-            "k": rng.standard_normal((batch, seq_len, heads, key_dim)).astype(qkv_dtype),
-            "v": rng.standard_normal((batch, seq_len, heads, value_dim)).astype(qkv_dtype),
-            "chunk_size": np.asarray(chunk_size),
-            "output_final_state": np.asarray(final_state),
-        }
-        if gate in ("g", "both"):
-            # log-sigmoid of a normal: per-token decays in (0, 1), mean about exp(-0.8)
-            logits = rng.standard_normal((batch, seq_len, heads))
-            inputs["g"] = (-np.logaddexp(0.0, -logits)).astype(np.float32)
-        if gate in ("g_gamma", "both"):
-            slopes = 2.0 ** (-8.0 * (np.arange(heads) + 1) / heads)
-            inputs["g_gamma"] = (-slopes).astype(np.float32)
-        if initial_state:
-            shape = (num_states, heads, key_dim, value_dim)
-            inputs["initial_state"] = rng.standard_normal(shape).astype(np.float32)
+        inputs = random_arrays(
+            np.random.default_rng(seed),
+            batch=batch,
+            seq_len=seq_len,
+            heads=heads,
+            key_dim=key_dim,
+            value_dim=value_dim,
+            dtype=dtype,
+            gate=gate,
+            num_states=num_states if initial_state else 0,
+        )
+        inputs["chunk_size"] = np.asarray(chunk_size)
+        inputs["output_final_state"] = np.asarray(final_state)
         if scale is not None:
             inputs["scale"] = np.asarray(scale)
         if cu_seqlens is not None:
