@@ -1,0 +1,169 @@
+"""Contract of top-k / top-p / min-p sampling, shared by the TPU, GPU and CPU trees.
+
+Every step that decides a token is integer arithmetic or a fixed sequence of IEEE
+float32 add, subtract, multiply, compare, floor and exact power-of-two scaling, never a
+transcendental, a division, a fused multiply-add or a float sum in a platform-chosen
+order, so the three trees compute the same bits (ARCHITECTURE.md, "Sampling", gives the
+argument). The CPU tree (``tops/cpu/sampling.py``) is the executable definition; this
+module holds the constants and the argument checks.
+
+Per row ``b`` of ``logits [B, V]`` (``x`` below), in this order:
+
+0. ``valid`` = the row has no NaN and at least one finite logit. An invalid row returns
+   ``next_tokens = greedy_sampled``, all-zero integer probabilities and a zero draw; its
+   ``topk_logits_unsorted`` is still the top-k of step 2.
+1. ``greedy_sampled`` = the first index of the maximum in the top-k op's order
+   (``tops/spec/topk.py``: IEEE total order, ``+0.0`` above ``-0.0``, NaN last, lower
+   index first among equals). ``m`` = that logit.
+2. top-k on the raw logits with the top-k op's order: the row keeps its first ``k``
+   entries, ``k = V`` when ``top_k <= 0`` or ``top_k >= V``; with a static ``max_k``
+   (the bounded-k path) ``k = min(k, max_k)``. ``topk_logits_unsorted`` is ``x`` on the
+   kept entries and ``-inf`` elsewhere (dtype of ``logits``).
+3. Temperature and quantisation (:data:`PROB_ONE` = 2**30 is the maximum's weight). A
+   row with ``temperature`` not ``>= TINY`` (zero, negative, NaN, subnormal) is greedy:
+   its integer probabilities are ``PROB_ONE`` at ``greedy_sampled`` and 0 elsewhere, its
+   draw is 0 and its token ``greedy_sampled``. Otherwise ``s = reciprocal(T) * LOG2E``
+   (``reciprocal`` is 0 for ``T >= 2**126``; a Newton iteration otherwise), and each kept
+   entry gets ``q = quantize(m, x, s)``, an integer in ``[0, PROB_ONE]`` approximating
+   ``PROB_ONE * exp((x - m) / T)`` with relative error below about ``2**-21``; entries
+   outside the top-k get 0.
+4. ``S = sum(q)`` (exact, below ``2**48``). min-p keeps ``q >= ceil(min_p * PROB_ONE)``
+   (``min_p <= 2**-31`` or NaN disables it; ``min_p > 1`` acts as 1); ties at the
+   threshold are kept. top-p (enabled iff ``top_p < 1``) rounds ``top_p`` down to a
+   multiple of ``2**-16`` (``p16 = floor(max(top_p, 0) * 2**16)``) and keeps an entry
+   iff its ``q`` is ``PROB_ONE`` or the mass strictly above it is small:
+   ``sum(q_j for q_j > q) * 2**16 < p16 * S``; equal ``q`` are kept or dropped together,
+   and the most probable entries always stay. Both masks are computed from the same
+   ``q`` and ``S``; ``topk_topp_unnorm_probs_i32_unsorted`` is ``q`` with both applied,
+   and ``S'`` its sum (at least ``PROB_ONE``).
+5. The draw: for ``attempt = 0, 1, ...`` (at most :data:`MAX_ATTEMPTS`), the 64 bits
+   ``(hi, lo) = threefry2x32_20(key=(seed, step), counter=(attempt, 0))``, keep their low
+   ``L = bit_length(S' - 1)`` bits and accept the first value below ``S'`` (rejection
+   sampling: exactly uniform on ``[0, S')``, at most ``MAX_ATTEMPTS`` tries, each
+   accepted with probability above 1/2; if all fail, the last value minus ``S'``). That
+   integer is ``random_unnorm_cdf_sampled`` (returned as its high and low uint32), and
+   ``next_tokens`` is the first index, in vocabulary order, whose inclusive integer
+   prefix sum exceeds it.
+
+A row's token depends only on its own logits, parameters, seed and step: never on its
+position, the batch size or padding.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from tops.spec.common import python_number, require_dtype, require_rank
+
+INPUT_DTYPES = ("bfloat16", "float16", "float32")
+INTEGER_DTYPES = ("int32", "int64", "uint32")
+FLOAT_DTYPES = ("float32",)
+
+MAX_VOCAB = 2**18  # S <= V * PROB_ONE must stay below 2**48
+PROB_BITS = 30
+PROB_ONE = 2**PROB_BITS  # the integer weight of the maximum logit
+TOP_P_BITS = 16  # top_p is rounded down to a multiple of 2**-16
+MAX_ATTEMPTS = 64  # rejection-sampling tries (each fails with probability < 1/2)
+BOUNDED_MAX_K = 256  # the bounded-k path's largest static max_k (the top-k fast path)
+
+TINY = 2.0**-126  # the smallest normal float32: below it values flush to zero
+RECIPROCAL_LIMIT = 2.0**126  # temperatures at or above it act as infinite
+# float32 constants of the quantisation; every backend uses these exact values.
+LOG2E = 1.4426950408889634  # rounded to float32 where used
+LN2 = 0.6931471805599453  # rounded to float32 where used
+NEWTON_A = 24.0 / 17.0  # the reciprocal's initial guess on [1, 2): A - B * M
+NEWTON_B = 8.0 / 17.0
+NEWTON_STEPS = 3
+EXP_TERMS = 10  # 2**-f = exp(-t), t = f * LN2 in [0, ln 2): Taylor terms t**0 .. t**9
+
+# Names and order of the debug arrays.
+DEBUG_NAMES = (
+    "greedy_sampled",
+    "topk_logits_unsorted",
+    "topk_topp_unnorm_probs_i32_unsorted",
+    "random_unnorm_cdf_sampled",
+    "next_tokens",
+)
+
+# threefry2x32 with 20 rounds (Salmon et al., SC'11), as in Random123 and JAX.
+THREEFRY_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+THREEFRY_PARITY = 0x1BD11BDA
+THREEFRY_ROUNDS = 20
+
+
+def _check_row_parameter(name: str, value, batch: int, dtypes, check_number) -> None:
+    number = python_number(value)
+    if number is not None:
+        check_number(number)
+        return
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise ValueError(
+            f"{name} must be a Python number or an array [B], got {type(value).__name__}"
+        )
+    require_rank(name, value, 1, "[B]")
+    require_dtype(name, value, dtypes)
+    if tuple(value.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(value.shape)}")
+
+
+def validate(logits, *, temperature, seed, step, top_k, top_p, min_p, max_k=None) -> None:
+    """Raise ValueError naming the argument unless the inputs satisfy the contract.
+
+    ``logits`` is ``[B, V]`` in bf16, f16 or f32 with ``1 <= V <= MAX_VOCAB``. Each
+    parameter is a Python number or an array ``[B]``: ``temperature``, ``top_p`` and
+    ``min_p`` float32; ``top_k``, ``seed`` and ``step`` int32, int64 or uint32 (seed and
+    step are taken modulo 2**32). A Python number is checked now: ``temperature >= 0``,
+    ``top_p`` and ``min_p`` not NaN, integers whole, ``seed`` and ``step`` in
+    ``[0, 2**32)``. ``max_k`` is None (the arbitrary-k path) or a Python int in
+    ``[1, min(V, BOUNDED_MAX_K)]``.
+    """
+    require_rank("logits", logits, 2, "[B, V]")
+    require_dtype("logits", logits, INPUT_DTYPES)
+    batch, vocab = logits.shape
+    if not 1 <= vocab <= MAX_VOCAB:
+        raise ValueError(
+            f"logits must have 1 <= V <= {MAX_VOCAB} columns, got shape {tuple(logits.shape)}"
+        )
+
+    def nonnegative(name):
+        def check(number):
+            if not number >= 0:
+                raise ValueError(f"{name} must be >= 0 (0 means greedy), got {number}")
+
+        return check
+
+    def not_nan(name):
+        def check(number):
+            if number != number:
+                raise ValueError(f"{name} must not be NaN")
+
+        return check
+
+    def whole(name, low=None, high=None):
+        def check(number):
+            if number != int(number):
+                raise ValueError(f"{name} must be an integer, got {number}")
+            if low is not None and not low <= number < high:
+                raise ValueError(f"{name} must be in [{low}, {high}), got {int(number)}")
+
+        return check
+
+    for name, value in (("seed", seed), ("step", step), ("top_k", top_k)):
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer or an integer array [B], got a bool")
+    _check_row_parameter(
+        "temperature", temperature, batch, FLOAT_DTYPES, nonnegative("temperature")
+    )
+    _check_row_parameter("top_p", top_p, batch, FLOAT_DTYPES, not_nan("top_p"))
+    _check_row_parameter("min_p", min_p, batch, FLOAT_DTYPES, not_nan("min_p"))
+    _check_row_parameter("top_k", top_k, batch, INTEGER_DTYPES, whole("top_k"))
+    _check_row_parameter("seed", seed, batch, INTEGER_DTYPES, whole("seed", 0, 2**32))
+    _check_row_parameter("step", step, batch, INTEGER_DTYPES, whole("step", 0, 2**32))
+    if max_k is not None:
+        if isinstance(max_k, bool) or not isinstance(max_k, numbers.Integral):
+            raise ValueError(f"max_k must be None or a Python int, got {type(max_k).__name__}")
+        if not 1 <= max_k <= min(vocab, BOUNDED_MAX_K):
+            raise ValueError(
+                f"max_k must satisfy 1 <= max_k <= min(V, {BOUNDED_MAX_K}) = "
+                f"{min(vocab, BOUNDED_MAX_K)}, got {max_k}"
+            )
