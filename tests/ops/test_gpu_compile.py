@@ -1,6 +1,7 @@
 """Compile-only check of every shipped Triton kernel configuration: each compiles to PTX
 and a cubin for sm_90 (Hopper) on this machine, in a subprocess per kernel module
-(kernels defined under the interpreter cannot be compiled)."""
+(kernels defined under the interpreter cannot be compiled), and fits the shared memory an
+sm_90 block may use (a kernel over it compiles but cannot launch)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import importlib
 import pytest
 
 import tops.gpu  # noqa: F401  (configures Triton before the kernel modules are imported)
-from tops.compile_only import GPU_KERNEL_MODULES, compile_gpu_kernels_in_subprocess
+from tops.compile_only import (
+    GPU_KERNEL_MODULES,
+    SM90_SHARED_MEMORY_BYTES,
+    compile_gpu_kernels_in_subprocess,
+)
 
 
 @functools.cache
@@ -36,3 +41,4 @@ def test_gpu_compiles_for_sm90(module, name):
     result = _hopper_results(module)[name]
     assert result["ok"], result.get("error")
     assert result["cubin_bytes"] > 0 and result["ptx_bytes"] > 0
+    assert result["shared_bytes"] <= SM90_SHARED_MEMORY_BYTES

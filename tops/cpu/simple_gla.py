@@ -8,6 +8,9 @@ never enabled globally):
 * :func:`chunk_simple_gla_chunked`: the chunked form the kernels use
   (:func:`chunked_f64`): an intra-chunk attention matrix plus the state carried between
   chunks.
+* :func:`chunk_simple_gla_grad`: the gradients of ``sum(o * do) + sum(final_state * dht)``
+  w.r.t. every input, ``jax.vjp`` of :func:`recurrence_f64` per sequence (and
+  :func:`chunk_simple_gla_chunked_grad`, the same through :func:`chunked_f64`).
 
 Both apply the gate through the per-token total log decay ``g_t + gamma_h`` with float64
 cumulative sums, and every exponent that a causal mask discards is zeroed *before*
@@ -27,9 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tops.spec.simple_gla import validate
+from tops.spec.common import require_dtype, require_rank
+from tops.spec.simple_gla import GLAShapes, validate
 
 _HIGHEST = lax.Precision.HIGHEST
+# dtypes accepted for the cotangents of o and final_state by the gradient references
+COTANGENT_DTYPES = {"do": ("bfloat16", "float32", "float64"), "dht": ("float32", "float64")}
 
 
 def chunk_simple_gla(
@@ -111,6 +117,97 @@ def chunk_simple_gla_chunked(
         output_final_state=output_final_state,
         cu_seqlens=cu_seqlens,
         chunk_size=chunk_size,
+    )
+
+
+def chunk_simple_gla_grad(
+    q,
+    k,
+    v,
+    *,
+    g=None,
+    g_gamma=None,
+    scale=None,
+    initial_state=None,
+    cu_seqlens=None,
+    chunk_size=64,
+    do,
+    dht=None,
+) -> dict[str, np.ndarray]:
+    """Gradients of simple GLA, ``jax.vjp`` of the step recurrence (:func:`recurrence_f64`,
+    the definition) per sequence, in float64.
+
+    The loss is ``sum(o * do) + sum(final_state * dht)`` (no second term when ``dht`` is
+    None), with ``(o, final_state)`` of :func:`chunk_simple_gla` on the same arguments
+    and ``output_final_state = dht is not None``.
+
+    Args:
+      q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, chunk_size: as in
+        :func:`chunk_simple_gla` (validated the same way).
+      do: the cotangent of ``o``, ``[B, T, H, V]``, bf16, f32 or f64.
+      dht: None or the cotangent of ``final_state``, ``[N, H, K, V]``, f32 or f64.
+
+    Returns:
+      float64 NumPy gradients, each the shape of its input: ``"dq"``, ``"dk"``, ``"dv"``
+      always; ``"dg"`` iff ``g`` is given; ``"dg_gamma"`` iff ``g_gamma`` is given (for
+      head ``h``, the sum over every position of every batch row or sequence of the
+      gradient w.r.t. that position's total log decay ``g_t + gamma_h``); ``"dh0"`` iff
+      ``initial_state`` is given (zeros for a sequence whose final state has no
+      cotangent and that produces no output).
+
+    Raises:
+      ValueError: an argument violates the contract, or ``do``/``dht`` has the wrong
+        rank, shape or dtype.
+    """
+    return _per_sequence_grad(
+        recurrence_f64,
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+        do=do,
+        dht=dht,
+    )
+
+
+def chunk_simple_gla_chunked_grad(
+    q,
+    k,
+    v,
+    *,
+    g=None,
+    g_gamma=None,
+    scale=None,
+    initial_state=None,
+    cu_seqlens=None,
+    chunk_size=64,
+    do,
+    dht=None,
+) -> dict[str, np.ndarray]:
+    """:func:`chunk_simple_gla_grad` by ``jax.vjp`` of the chunked form
+    (:func:`chunked_f64`) instead of the recurrence: a second formulation for tests."""
+
+    def chunked(q, k, v, g_total, h0, scale):
+        return chunked_f64(q, k, v, g_total, h0, scale, chunk_size)
+
+    return _per_sequence_grad(
+        chunked,
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+        do=do,
+        dht=dht,
     )
 
 
@@ -198,6 +295,34 @@ def _require_f64(**arrays) -> None:
             )
 
 
+def _sequences(q, k, v, **arguments) -> tuple[GLAShapes, list[tuple[int, slice]]]:
+    """Validate the arguments and list the sequences as ``(batch row, token slice)``, in
+    the order of ``initial_state`` / ``final_state`` (one per row, or per ``cu_seqlens``
+    sequence)."""
+    shapes = validate(q, k, v, **arguments)
+    if shapes.varlen:
+        bounds = _checked_cu_seqlens(arguments["cu_seqlens"], shapes.seq_len)
+        return shapes, [(0, slice(bounds[n], bounds[n + 1])) for n in range(shapes.num_states)]
+    return shapes, [(b, slice(0, shapes.seq_len)) for b in range(shapes.batch)]
+
+
+def _f64_arguments(q, k, v, g, g_gamma, initial_state, shapes: GLAShapes):
+    """``(q, k, v, g_total, h0)`` as float64 JAX arrays (call inside the x64 scope):
+    ``g_total [B, T, H] = g + g_gamma`` (zeros for absent gates), ``h0`` zeros when
+    ``initial_state`` is None."""
+    B, T, H = shapes.batch, shapes.seq_len, shapes.heads
+    g_total = jnp.zeros((B, T, H), jnp.float64)
+    if g is not None:
+        g_total = g_total + _f64(g)
+    if g_gamma is not None:
+        g_total = g_total + _f64(g_gamma)
+    if initial_state is None:
+        h0 = jnp.zeros((shapes.num_states, H, shapes.key_dim, shapes.value_dim), jnp.float64)
+    else:
+        h0 = _f64(initial_state)
+    return _f64(q), _f64(k), _f64(v), g_total, h0
+
+
 def _per_sequence(
     solve: Callable,
     q,
@@ -213,7 +338,7 @@ def _per_sequence(
     chunk_size,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Validate, split the batch into sequences and run ``solve`` on each in float64."""
-    shapes = validate(
+    shapes, sequences = _sequences(
         q,
         k,
         v,
@@ -227,24 +352,11 @@ def _per_sequence(
     )
     B, T, H = shapes.batch, shapes.seq_len, shapes.heads
     K, V, N = shapes.key_dim, shapes.value_dim, shapes.num_states
-    if shapes.varlen:
-        bounds = _checked_cu_seqlens(cu_seqlens, T)
-        sequences = [(0, bounds[n], bounds[n + 1]) for n in range(N)]
-    else:
-        sequences = [(b, 0, T) for b in range(B)]
-
     o = np.zeros((B, T, H, V))
     final = np.zeros((N, H, K, V))
     with jax.enable_x64(True):
-        q64, k64, v64 = (_f64(x) for x in (q, k, v))
-        g_total = jnp.zeros((B, T, H), jnp.float64)
-        if g is not None:
-            g_total = g_total + _f64(g)
-        if g_gamma is not None:
-            g_total = g_total + _f64(g_gamma)
-        h0 = jnp.zeros((N, H, K, V), jnp.float64) if initial_state is None else _f64(initial_state)
-        for n, (b, start, end) in enumerate(sequences):
-            tokens = slice(start, end)
+        q64, k64, v64, g_total, h0 = _f64_arguments(q, k, v, g, g_gamma, initial_state, shapes)
+        for n, (b, tokens) in enumerate(sequences):
             o_seq, h_seq = solve(
                 q64[b, tokens],
                 k64[b, tokens],
@@ -256,6 +368,83 @@ def _per_sequence(
             o[b, tokens] = np.asarray(o_seq)
             final[n] = np.asarray(h_seq)
     return o, (final if output_final_state else None)
+
+
+def _per_sequence_grad(
+    solve: Callable,
+    q,
+    k,
+    v,
+    *,
+    g,
+    g_gamma,
+    scale,
+    initial_state,
+    cu_seqlens,
+    chunk_size,
+    do,
+    dht,
+) -> dict[str, np.ndarray]:
+    """Validate, split into sequences and pull ``(do, dht)`` back through ``solve`` on
+    each sequence with ``jax.vjp`` in float64."""
+    shapes, sequences = _sequences(
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=dht is not None,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    B, T, H = shapes.batch, shapes.seq_len, shapes.heads
+    K, V, N = shapes.key_dim, shapes.value_dim, shapes.num_states
+    _require_array("do", do, (B, T, H, V), "[B, T, H, V]")
+    if dht is not None:
+        _require_array("dht", dht, (N, H, K, V), "[N, H, K, V]")
+
+    grads = {
+        "dq": np.zeros((B, T, H, K)),
+        "dk": np.zeros((B, T, H, K)),
+        "dv": np.zeros((B, T, H, V)),
+        "dg_total": np.zeros((B, T, H)),
+        "dh0": np.zeros((N, H, K, V)),
+    }
+    with jax.enable_x64(True):
+        q64, k64, v64, g_total, h0 = _f64_arguments(q, k, v, g, g_gamma, initial_state, shapes)
+        do64 = _f64(do)
+        dht64 = jnp.zeros((N, H, K, V), jnp.float64) if dht is None else _f64(dht)
+
+        def solve_scaled(q, k, v, g_total, h0):
+            return solve(q, k, v, g_total, h0, shapes.scale)
+
+        for n, (b, tokens) in enumerate(sequences):
+            primals = (q64[b, tokens], k64[b, tokens], v64[b, tokens], g_total[b, tokens], h0[n])
+            _, pullback = jax.vjp(solve_scaled, *primals)
+            dq, dk, dv, dg_total, dh0 = pullback((do64[b, tokens], dht64[n]))
+            grads["dq"][b, tokens] = np.asarray(dq)
+            grads["dk"][b, tokens] = np.asarray(dk)
+            grads["dv"][b, tokens] = np.asarray(dv)
+            grads["dg_total"][b, tokens] = np.asarray(dg_total)
+            grads["dh0"][n] = np.asarray(dh0)
+
+    result = {name: grads[name] for name in ("dq", "dk", "dv")}
+    if g is not None:
+        result["dg"] = grads["dg_total"]
+    if g_gamma is not None:
+        result["dg_gamma"] = grads["dg_total"].sum(axis=(0, 1))
+    if initial_state is not None:
+        result["dh0"] = grads["dh0"]
+    return result
+
+
+def _require_array(name: str, array, shape: tuple[int, ...], layout: str) -> None:
+    require_rank(name, array, len(shape), layout)
+    require_dtype(name, array, COTANGENT_DTYPES[name])
+    if tuple(array.shape) != shape:
+        raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(array.shape)}")
 
 
 def _f64(array):

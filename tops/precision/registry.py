@@ -21,6 +21,7 @@ OP_MODULES = (
     "tops.precision.cases.temperature_softmax",
     "tops.precision.cases.topk",
     "tops.precision.cases.simple_gla",
+    "tops.precision.cases.simple_gla_grad",
 )
 KERNEL_BACKENDS = ("tpu", "gpu")
 

@@ -1,9 +1,11 @@
-"""The ALiBi stability setting on both kernels: chunk 128, H = 16, ``make_alibi_g_gamma``
-at every layer of a 20-layer model. The 20 layers run as one call with their 16 heads
-side by side (320 heads: heads are independent, so this is the same computation as 20
-calls). No output may be NaN or Inf, and the test first asserts that the exponents the
-causal mask discards do pass float32's exp range, so that an implementation computing
-``exp`` before masking (or ``exp(G_i) * exp(-G_j)``) would fail it.
+"""The ALiBi stability setting on both kernels, forward and backward: chunk 128, H = 16,
+``make_alibi_g_gamma`` at every layer of a 20-layer model. The 20 layers run as one call
+with their 16 heads side by side (320 heads: heads are independent, so this is the same
+computation as 20 calls). No output and no gradient (of ``sum(o * do) + sum(final_state
+* dht)`` with respect to q, k, v and g_gamma) may be NaN or Inf, and the test first
+asserts that the exponents the causal mask discards do pass float32's exp range, so that
+an implementation computing ``exp`` before masking (or ``exp(G_i) * exp(-G_j)``) would
+fail it.
 
 Default suite: T = 200 (two chunks, the second with 56 padded rows to mask),
 K = V = 64. The ``slow`` variant runs T = 4096 (32 chunks), one call per layer (the
@@ -35,34 +37,54 @@ def _inputs(seq_len: int, dim: int) -> dict[str, np.ndarray]:
         "q": rng.standard_normal(shape).astype(np.float32),
         "k": rng.standard_normal(shape).astype(np.float32),
         "v": rng.standard_normal(shape).astype(np.float32),
+        "do": rng.standard_normal(shape).astype(np.float32),
+        "dht": rng.standard_normal((1, heads, dim, dim)).astype(np.float32),
         "g_gamma": _all_layers_g_gamma(),
     }
 
 
-def _run(backend: str, arrays: dict[str, np.ndarray]):
-    if backend == "tpu":
-        from tops.ops.simple_gla import chunk_simple_gla
-        from tops.precision.convert import from_jax, to_jax
+DIFFERENTIATED = ("q", "k", "v", "g_gamma")
 
-        o, final = chunk_simple_gla(
-            *(to_jax(arrays[n]) for n in ("q", "k", "v")),
-            g_gamma=to_jax(arrays["g_gamma"]),
-            output_final_state=True,
-            chunk_size=CHUNK,
+
+def _run(backend: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``o``, the final state and the gradients of q, k, v and g_gamma."""
+    if backend == "tpu":
+        import jax
+        import jax.numpy as jnp
+
+        from tops.ops.simple_gla import chunk_simple_gla
+
+        def forward(q, k, v, g_gamma):
+            return chunk_simple_gla(
+                q, k, v, g_gamma=g_gamma, output_final_state=True, chunk_size=CHUNK
+            )
+
+        primals = [jnp.asarray(arrays[name]) for name in DIFFERENTIATED]
+        (o, final), vjp = jax.vjp(forward, *primals)
+        gradients = vjp((jnp.asarray(arrays["do"]), jnp.asarray(arrays["dht"])))
+        outputs = {"o": o, "final_state": final}
+        outputs.update(
+            {f"d{name}": grad for name, grad in zip(DIFFERENTIATED, gradients, strict=True)}
         )
-        return from_jax(o), from_jax(final)
+        return {name: np.asarray(value) for name, value in outputs.items()}
+    import torch
+
     from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
     from tops.gpu.simple_gla import chunk_simple_gla
-    from tops.precision.convert import from_torch, to_torch
 
     device = backends.torch_device()
+    primals = [
+        torch.tensor(arrays[name], device=device, requires_grad=True) for name in DIFFERENTIATED
+    ]
     o, final = chunk_simple_gla(
-        *(to_torch(arrays[n], device) for n in ("q", "k", "v")),
-        g_gamma=to_torch(arrays["g_gamma"], device),
-        output_final_state=True,
-        chunk_size=CHUNK,
+        *primals[:3], g_gamma=primals[3], output_final_state=True, chunk_size=CHUNK
     )
-    return from_torch(o), from_torch(final)
+    loss = (o * torch.tensor(arrays["do"], device=device)).sum()
+    loss = loss + (final * torch.tensor(arrays["dht"], device=device)).sum()
+    loss.backward()
+    outputs = {"o": o, "final_state": final}
+    outputs.update({f"d{name}": p.grad for name, p in zip(DIFFERENTIATED, primals, strict=True)})
+    return {name: value.detach().cpu().numpy() for name, value in outputs.items()}
 
 
 def _assert_discarded_exponents_pass_the_float32_exp_range(g_gamma: np.ndarray) -> None:
@@ -82,13 +104,16 @@ def _assert_discarded_exponents_pass_the_float32_exp_range(g_gamma: np.ndarray) 
     ],
 )
 @pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_alibi_chunk128_every_layer_is_finite(backend, seq_len, heads_per_call):
+def test_alibi_chunk128_every_layer_is_finite_with_gradients(backend, seq_len, heads_per_call):
     arrays = _inputs(seq_len, dim=64)
     _assert_discarded_exponents_pass_the_float32_exp_range(arrays["g_gamma"])
     for first in range(0, HEADS * LAYERS, heads_per_call):
         heads = slice(first, first + heads_per_call)
-        call = {name: array[..., heads, :] for name, array in arrays.items() if name != "g_gamma"}
-        o, final = _run(backend, {**call, "g_gamma": arrays["g_gamma"][heads]})
-        where = f"heads {first}..{first + heads_per_call - 1}"
-        assert np.isfinite(o).all(), f"{where}: {np.count_nonzero(~np.isfinite(o))} non-finite"
-        assert np.isfinite(final).all(), where
+        call = {name: arrays[name][..., heads, :] for name in ("q", "k", "v", "do")}
+        call["dht"] = arrays["dht"][:, heads]
+        call["g_gamma"] = arrays["g_gamma"][heads]
+        for name, value in _run(backend, call).items():
+            bad = np.count_nonzero(~np.isfinite(value))
+            assert bad == 0, (
+                f"heads {first}..{first + heads_per_call - 1}: {bad} non-finite in {name}"
+            )

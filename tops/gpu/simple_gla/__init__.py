@@ -1,12 +1,13 @@
 """Chunked simple gated linear attention on the GPU backend: torch wrapper around the
-Triton kernels of :mod:`tops.gpu.simple_gla.kernel`."""
+Triton kernels of :mod:`tops.gpu.simple_gla.kernel` (forward) and
+:mod:`tops.gpu.simple_gla.backward` (backward), joined by a ``torch.autograd.Function``."""
 
 from __future__ import annotations
 
 import torch
 
 from tops.backends import torch_device
-from tops.gpu.simple_gla import kernel
+from tops.gpu.simple_gla import backward, kernel
 from tops.spec.simple_gla import validate
 
 
@@ -44,6 +45,11 @@ def chunk_simple_gla(
       ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of ``v``; ``final_state`` f32
       ``[N, H, K, V]`` or None. The arithmetic (bf16 or tf32 tensor-core operands, f32
       accumulation and state) is described in :mod:`tops.gpu.simple_gla.kernel`.
+      Differentiable: ``backward()`` through ``o`` and/or ``final_state`` gives the
+      gradients w.r.t. ``q, k, v, g, g_gamma, initial_state`` in each input's dtype
+      (``g_gamma``'s is the exact derivative, the sum over every position of its head's
+      total-gate gradient), computed by :mod:`tops.gpu.simple_gla.backward` from the
+      chunk states the forward stores.
 
     Raises:
       ValueError: arguments that break the contract of :mod:`tops.spec.simple_gla`, or
@@ -73,27 +79,94 @@ def chunk_simple_gla(
     for name, tensor in named.items():
         if tensor is not None:
             _require_device(name, tensor, q)
-    if shapes.batch == 0:
-        o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        final_state = (
-            torch.zeros(
-                (0, shapes.heads, shapes.key_dim, shapes.value_dim),
-                dtype=torch.float32,
-                device=v.device,
-            )
-            if output_final_state
-            else None
-        )
-        return o, final_state
-    o, final_state, _, _ = kernel.forward(
-        *(t.contiguous() if t is not None else None for t in (q, k, v, g, g_gamma)),
+    o, final_state = _ChunkSimpleGLA.apply(
+        q,
+        k,
+        v,
+        g,
+        g_gamma,
+        initial_state,
+        cu_seqlens,
         shapes.scale,
-        None if initial_state is None else initial_state.contiguous(),
         output_final_state,
-        None if cu_seqlens is None else cu_seqlens.contiguous(),
         int(chunk_size),
     )
     return o, final_state
+
+
+class _ChunkSimpleGLA(torch.autograd.Function):
+    """Forward by :func:`tops.gpu.simple_gla.kernel.forward`, which also returns the state
+    entering every chunk; the backward reuses those states in
+    :func:`tops.gpu.simple_gla.backward.backward`. Gradients w.r.t. ``q, k, v, g,
+    g_gamma, initial_state`` in each input's dtype; the cotangents of ``o`` and of the
+    final state may each be absent (zeros)."""
+
+    @staticmethod
+    def forward(
+        ctx, q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, output_final_state, chunk_size
+    ):
+        ctx.scale = scale
+        ctx.chunk_size = chunk_size
+        ctx.has_g = g is not None
+        ctx.has_gamma = g_gamma is not None
+        ctx.has_h0 = initial_state is not None
+        ctx.set_materialize_grads(False)
+        batch, _, heads, key_dim = q.shape
+        value_dim = v.shape[3]
+        if batch == 0:
+            ctx.save_for_backward(q, k, v, g, g_gamma, initial_state)
+            o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+            final_state = (
+                torch.zeros((0, heads, key_dim, value_dim), dtype=torch.float32, device=v.device)
+                if output_final_state
+                else None
+            )
+            return o, final_state
+        q, k, v, g, g_gamma, initial_state, cu_seqlens = (
+            None if t is None else t.contiguous()
+            for t in (q, k, v, g, g_gamma, initial_state, cu_seqlens)
+        )
+        o, final_state, states, _ = kernel.forward(
+            q,
+            k,
+            v,
+            g,
+            g_gamma,
+            scale,
+            initial_state,
+            output_final_state,
+            cu_seqlens,
+            chunk_size,
+        )
+        ctx.save_for_backward(q, k, v, g, g_gamma, initial_state, cu_seqlens, states)
+        return o, final_state
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, g_gamma, initial_state, *rest = ctx.saved_tensors
+        if q.shape[0] == 0:
+            dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            dg = torch.zeros_like(g) if ctx.has_g else None
+            dg_gamma = torch.zeros_like(g_gamma) if ctx.has_gamma else None
+            dh0 = torch.zeros_like(initial_state) if ctx.has_h0 else None
+            return dq, dk, dv, dg, dg_gamma, dh0, None, None, None, None
+        cu_seqlens, states = rest
+        do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
+        dht = None if dht is None else dht.to(torch.float32).contiguous()
+        dq, dk, dv, dg, dg_gamma, dh0 = backward.backward(
+            q,
+            k,
+            v,
+            g,
+            g_gamma,
+            ctx.scale,
+            states,
+            do,
+            dht,
+            cu_seqlens,
+            ctx.chunk_size,
+        )
+        return dq, dk, dv, dg, dg_gamma, (dh0 if ctx.has_h0 else None), None, None, None, None
 
 
 def _require_device(name: str, tensor, q) -> None:

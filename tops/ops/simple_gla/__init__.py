@@ -1,6 +1,10 @@
-"""Chunked simple gated linear attention on TPU (Pallas): the forward pass.
+"""Chunked simple gated linear attention on TPU (Pallas), differentiable.
 
-Semantics in ``tops/spec/simple_gla.py``; the kernel and its design in ``kernel.py``.
+Semantics in ``tops/spec/simple_gla.py``; the forward kernel and its design in
+``kernel.py``, the backward kernel in ``backward.py``. ``jax.grad`` goes through a
+``jax.custom_vjp``: the forward saves the float32 state before every segment (the
+backward's only residual besides the inputs) and the backward visits the segments in
+reverse.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tops.backends import pallas_interpret
-from tops.ops.simple_gla import kernel
+from tops.ops.simple_gla import backward, kernel
 from tops.ops.simple_gla.alibi import build_alibi_slopes, make_alibi_g_gamma
 from tops.spec.simple_gla import validate
 
@@ -50,6 +54,11 @@ def chunk_simple_gla(
       ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of ``v``; ``final_state``
       float32 ``[N, H, K, V]`` or None unless ``output_final_state``. Every matmul is
       float32 at ``HIGHEST`` precision; the state is float32 throughout.
+
+    Differentiable (``jax.grad``, ``jax.vjp``, under ``jax.jit`` or not) w.r.t. ``q, k,
+    v, g, g_gamma, initial_state``, with cotangents for ``o`` and ``final_state``;
+    gradients come back in each input's dtype (``d g_gamma[h]`` sums the gradient of
+    every token's total log decay of head ``h``). ``cu_seqlens`` gets none.
 
     Raises:
       ValueError: an argument violates the contract (named in the message).
@@ -102,18 +111,47 @@ def _forward(
 ):
     """The kernel launch for validated inputs with ``B >= 1``, compiled once per shape,
     dtype, presence of each optional array and static argument."""
+    return _differentiable(
+        q, k, v, g, g_gamma, initial_state, cu_seqlens,
+        scale, chunk_size, output_final_state, interpret,
+    )  # fmt: skip
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _differentiable(
+    q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, chunk_size, output_final_state, interpret
+):
     o, final_state, _ = kernel.forward(
-        q,
-        k,
-        v,
-        g,
-        g_gamma,
-        initial_state,
-        cu_seqlens,
-        scale=scale,
-        chunk_size=chunk_size,
-        output_final_state=output_final_state,
-        save_states=False,
-        interpret=interpret,
-    )
+        q, k, v, g, g_gamma, initial_state, cu_seqlens,
+        scale=scale, chunk_size=chunk_size, output_final_state=output_final_state,
+        save_states=False, interpret=interpret,
+    )  # fmt: skip
     return o, final_state
+
+
+def _differentiable_fwd(
+    q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, chunk_size, output_final_state, interpret
+):
+    """The forward, also saving the state before every segment (padded layout)."""
+    o, final_state, states = kernel.forward(
+        q, k, v, g, g_gamma, initial_state, cu_seqlens,
+        scale=scale, chunk_size=chunk_size, output_final_state=output_final_state,
+        save_states=True, interpret=interpret, padded_states=True,
+    )  # fmt: skip
+    residuals = (q, k, v, g, g_gamma, initial_state, cu_seqlens, states)
+    return (o, final_state), residuals
+
+
+def _differentiable_bwd(scale, chunk_size, output_final_state, interpret, residuals, cotangents):
+    q, k, v, g, g_gamma, initial_state, cu_seqlens, states = residuals
+    do, dht = cotangents
+    dq, dk, dv, da, dh0 = backward.backward(
+        q, k, v, g, g_gamma, cu_seqlens, states, do, dht if output_final_state else None,
+        has_h0=initial_state is not None, scale=scale, chunk_size=chunk_size, interpret=interpret,
+    )  # fmt: skip
+    dg = da if g is not None else None
+    dg_gamma = backward.sum_tokens(da) if g_gamma is not None else None
+    return dq, dk, dv, dg, dg_gamma, dh0, None
+
+
+_differentiable.defvjp(_differentiable_fwd, _differentiable_bwd)

@@ -112,17 +112,22 @@ def _inclusive_scan_dd(x, length):
 # The kernel.
 
 
-def _segment(prefetch, *, chunk, seq_len, varlen):
-    """``(chunk_row, lo, hi, first)`` of the current segment.
+def _segment(prefetch, *, chunk, seq_len, varlen, num_segments=None, reverse=False):
+    """``(chunk_row, lo, hi, first, last)`` of the current segment.
 
     ``chunk_row`` is the chunk's row in its ``(8, 128)`` gate block, ``[lo, hi)`` the
     window within the chunk, ``first`` whether the segment starts its sequence (the
-    state is then reset to the initial state). Windows never reach past ``T``, so
-    invalid ``cu_seqlens`` (outside the contract) only give empty or clipped windows.
+    forward then resets the state to the initial state) and ``last`` whether it ends it
+    (the backward, which visits the segments in reverse, ``reverse=True``, then resets
+    the state gradient to the final state's cotangent; it needs ``num_segments``). The
+    segment is ``s = program_id(3)``, or ``S - 1 - program_id(3)`` in reverse. Windows
+    never reach past ``T``, so invalid ``cu_seqlens`` (outside the contract) only give
+    empty or clipped windows.
     """
-    s = pl.program_id(3)
+    s = segment_id(num_segments, reverse=reverse)
     if not varlen:
-        return lax.rem(s, GATE_ROWS), 0, jnp.minimum(chunk, seq_len - s * chunk), s == 0
+        last = True if num_segments is None else s == num_segments - 1
+        return lax.rem(s, GATE_ROWS), 0, jnp.minimum(chunk, seq_len - s * chunk), s == 0, last
     chunk_ref, seq_ref, cu_ref = prefetch
     c = chunk_ref[s]  # the sentinel num_chunks marks a no-op segment: its window is empty
     n = seq_ref[s]
@@ -131,8 +136,61 @@ def _segment(prefetch, *, chunk, seq_len, varlen):
     lo = jnp.clip(cu_ref[n] - base, 0, rows)
     hi = jnp.clip(cu_ref[n + 1] - base, lo, rows)
     first = (s == 0) | (n != seq_ref[jnp.maximum(s - 1, 0)])
+    if num_segments is None:
+        last = True
+    else:
+        last = (s == num_segments - 1) | (n != seq_ref[jnp.minimum(s + 1, num_segments - 1)])
     num_chunks = pl.cdiv(seq_len, chunk)
-    return lax.rem(jnp.minimum(c, num_chunks - 1), GATE_ROWS), lo, hi, first
+    return lax.rem(jnp.minimum(c, num_chunks - 1), GATE_ROWS), lo, hi, first, last
+
+
+def segment_id(num_segments, *, reverse):
+    """The segment of the current grid step: ``program_id(3)``, or counted from the end
+    when ``reverse`` (then ``num_segments`` is required)."""
+    s = pl.program_id(3)
+    return num_segments - 1 - s if reverse else s
+
+
+def _segment_decays(g_ref, gamma, *, chunk_row, lo, hi, chunk, has_g):
+    """Log decays of the segment's window, as in the module docstring.
+
+    Returns ``(decay_ij (C, C), decay_in (C, 1), decay_tot (1, 1) or scalar,
+    decay_out (C, 1))``: ``D_i - D_j``, ``D_i``, ``D_tot`` and ``D_tot - D_i`` for window
+    rows (entries outside the window or above the diagonal are garbage the callers mask
+    before ``exp``). ``g_ref`` is the ``(8, 128)`` gate block (with ``has_g``), ``gamma``
+    the head's constant log decay (0.0 without ``g_gamma``).
+    """
+    rows = lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
+    sub = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 0)  # i
+    lane = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)  # j
+    count = (rows - lo + 1).astype(jnp.float32)  # n_i for window rows
+    length = (hi - lo).astype(jnp.float32)
+    decay_ij = gamma * (sub - lane).astype(jnp.float32)
+    decay_in = gamma * count  # D_i
+    decay_tot = gamma * length  # D_tot
+    decay_out = gamma * (length - count)  # D_tot - D_j
+    if has_g:
+        g_block = g_ref[...]  # (8, 128): row chunk_row holds the chunk, lanes >= C are 0
+        block_rows = lax.broadcasted_iota(jnp.int32, g_block.shape, 0)
+        block_lanes = lax.broadcasted_iota(jnp.int32, g_block.shape, 1)
+        selected = (block_rows == chunk_row) & (block_lanes >= lo) & (block_lanes < hi)
+        cum_hi, cum_lo = _inclusive_scan_dd(jnp.where(selected, g_block, 0.0), chunk)
+        # The other block rows are zero, so these sublane sums are exact: (1, 128) rows.
+        cum_hi = jnp.sum(cum_hi, axis=0, keepdims=True)
+        cum_lo = jnp.sum(cum_lo, axis=0, keepdims=True)
+        # The same values as (C, 1) columns, by an exact selection.
+        sub_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 0)
+        lane_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 1)
+        col_hi = jnp.sum(jnp.where(lane_wide == sub_wide, cum_hi, 0.0), axis=1, keepdims=True)
+        col_lo = jnp.sum(jnp.where(lane_wide == sub_wide, cum_lo, 0.0), axis=1, keepdims=True)
+        row_hi, row_lo = cum_hi[:, :chunk], cum_lo[:, :chunk]
+        tot_hi, tot_lo = cum_hi[:, chunk - 1 : chunk], cum_lo[:, chunk - 1 : chunk]
+        # Differences of double-floats: accurate to about ulp(G_i - G_j), not ulp(G_i).
+        decay_ij = ((col_hi - row_hi) + (col_lo - row_lo)) + decay_ij
+        decay_in = (col_hi + col_lo) + decay_in
+        decay_tot = (tot_hi + tot_lo) + decay_tot
+        decay_out = ((tot_hi - col_hi) + (tot_lo - col_lo)) + decay_out
+    return decay_ij, decay_in, decay_tot, decay_out
 
 
 def _gla_kernel(
@@ -179,7 +237,7 @@ def _gla_kernel(
     states_ref = refs.pop(0) if save_states else None
     (state_ref,) = refs
 
-    chunk_row, lo, hi, first = _segment(prefetch, chunk=chunk, seq_len=seq_len, varlen=varlen)
+    chunk_row, lo, hi, first, _ = _segment(prefetch, chunk=chunk, seq_len=seq_len, varlen=varlen)
 
     @pl.when(first)
     def _reset():
@@ -201,33 +259,9 @@ def _gla_kernel(
     sub = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 0)  # i
     lane = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)  # j
     gamma = gamma_ref[pl.program_id(1)] if has_gamma else 0.0
-    count = (rows - lo + 1).astype(jnp.float32)  # n_i for window rows
-    length = (hi - lo).astype(jnp.float32)
-    decay_ij = gamma * (sub - lane).astype(jnp.float32)
-    decay_in = gamma * count  # D_i
-    decay_tot = gamma * length  # D_tot
-    decay_out = gamma * (length - count)  # D_tot - D_j
-    if has_g:
-        g_block = g_ref[...]  # (8, 128): row chunk_row holds the chunk, lanes >= C are 0
-        block_rows = lax.broadcasted_iota(jnp.int32, g_block.shape, 0)
-        block_lanes = lax.broadcasted_iota(jnp.int32, g_block.shape, 1)
-        selected = (block_rows == chunk_row) & (block_lanes >= lo) & (block_lanes < hi)
-        cum_hi, cum_lo = _inclusive_scan_dd(jnp.where(selected, g_block, 0.0), chunk)
-        # The other block rows are zero, so these sublane sums are exact: (1, 128) rows.
-        cum_hi = jnp.sum(cum_hi, axis=0, keepdims=True)
-        cum_lo = jnp.sum(cum_lo, axis=0, keepdims=True)
-        # The same values as (C, 1) columns, by an exact selection.
-        sub_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 0)
-        lane_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 1)
-        col_hi = jnp.sum(jnp.where(lane_wide == sub_wide, cum_hi, 0.0), axis=1, keepdims=True)
-        col_lo = jnp.sum(jnp.where(lane_wide == sub_wide, cum_lo, 0.0), axis=1, keepdims=True)
-        row_hi, row_lo = cum_hi[:, :chunk], cum_lo[:, :chunk]
-        tot_hi, tot_lo = cum_hi[:, chunk - 1 : chunk], cum_lo[:, chunk - 1 : chunk]
-        # Differences of double-floats: accurate to about ulp(G_i - G_j), not ulp(G_i).
-        decay_ij = ((col_hi - row_hi) + (col_lo - row_lo)) + decay_ij
-        decay_in = (col_hi + col_lo) + decay_in
-        decay_tot = (tot_hi + tot_lo) + decay_tot
-        decay_out = ((tot_hi - col_hi) + (tot_lo - col_lo)) + decay_out
+    decay_ij, decay_in, decay_tot, decay_out = _segment_decays(
+        g_ref, gamma, chunk_row=chunk_row, lo=lo, hi=hi, chunk=chunk, has_g=has_g
+    )
     causal = (lane <= sub) & window
 
     scores = _dot(q, k, ((1,), (1,)))  # (C, C) = q k^T
@@ -272,6 +306,80 @@ def segment_tables(cu_seqlens, *, seq_len: int, chunk: int):
     return chunk_index.astype(jnp.int32), seq.astype(jnp.int32)
 
 
+def lane_view(x, width: int):
+    """``[B, T, H, D]`` as ``[B, T, H * width]``: a free reshape when ``D == width``,
+    else one copy zero-padding ``D`` to ``width``."""
+    batch, seq_len, heads, size = x.shape
+    if width != size:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - size)))
+    return x.reshape(batch, seq_len, heads * width)
+
+
+def gate_layout(g, *, chunk: int):
+    """``g [B, T, H]`` as ``[B, H, NT8, 128]``: one chunk per 128-lane row (lanes past
+    ``C`` zero), ``NT8`` the chunks rounded up to ``GATE_ROWS``, zero-padded."""
+    batch, seq_len, heads = g.shape
+    gate_rows = pl.cdiv(pl.cdiv(seq_len, chunk), GATE_ROWS) * GATE_ROWS
+    g_t = jnp.pad(
+        jnp.transpose(g, (0, 2, 1)), ((0, 0), (0, 0), (0, gate_rows * chunk - seq_len))
+    ).reshape(batch, heads, gate_rows, chunk)
+    return jnp.pad(g_t, ((0, 0), (0, 0), (0, 0), (0, LANES - chunk)))
+
+
+def gate_layout_inverse(g_t, *, chunk: int, seq_len: int):
+    """The inverse of :func:`gate_layout`: ``[..., B, H, NT8, 128]`` -> ``[..., B, T, H]``."""
+    g_t = g_t[..., :chunk]
+    g_t = g_t.reshape(*g_t.shape[:-2], -1)[..., :seq_len]
+    return jnp.swapaxes(g_t, -1, -2)
+
+
+class IndexMaps:
+    """Block index maps of the grid ``(B, H, Vp / BV, S)`` shared by the forward and the
+    backward. ``reverse`` visits the segments from the last (the index maps then take
+    segment ``S - 1 - s`` at grid step ``s``). With ``cu_seqlens`` the maps receive the
+    scalar-prefetched tables ``(chunk, seq, cu_seqlens)``."""
+
+    def __init__(self, *, varlen, heads, num_chunks, num_segments, value_tiles, reverse=False):
+        self.varlen, self.heads, self.num_chunks = varlen, heads, num_chunks
+        self.num_segments, self.value_tiles, self.reverse = num_segments, value_tiles, reverse
+
+    def segment(self, s):
+        return self.num_segments - 1 - s if self.reverse else s
+
+    def chunk(self, s, tables):
+        s = self.segment(s)
+        return jnp.minimum(tables[0][s], self.num_chunks - 1) if self.varlen else s
+
+    def key(self, b, h, iv, s, *tables):
+        """``[B, T, H * Kp]`` in ``(C, Kp)`` blocks."""
+        return (b, self.chunk(s, tables), h)
+
+    def key_tile(self, b, h, iv, s, *tables):
+        """``[B, T, (Vp / BV) * H * Kp]`` in ``(C, Kp)`` blocks: one per value tile."""
+        return (b, self.chunk(s, tables), iv * self.heads + h)
+
+    def value(self, b, h, iv, s, *tables):
+        """``[B, T, H * Vp]`` in ``(C, BV)`` blocks."""
+        return (b, self.chunk(s, tables), h * self.value_tiles + iv)
+
+    def gate(self, b, h, iv, s, *tables):
+        """``[B, H, NT8, 128]`` in ``(8, 128)`` blocks."""
+        return (b, h, lax.div(self.chunk(s, tables), GATE_ROWS), 0)
+
+    def gate_tile(self, b, h, iv, s, *tables):
+        """``[Vp / BV, B, H, NT8, 128]`` in ``(8, 128)`` blocks."""
+        return (iv, b, h, lax.div(self.chunk(s, tables), GATE_ROWS), 0)
+
+    def state(self, b, h, iv, s, *tables):
+        """``[N, H, Kp, Vp]`` in ``(Kp, BV)`` blocks: the segment's sequence."""
+        n = tables[1][self.segment(s)] if self.varlen else b
+        return (n, h, 0, iv)
+
+    def saved(self, b, h, iv, s, *tables):
+        """``[B, H, S, Kp, Vp]`` in ``(Kp, BV)`` blocks: the segment's own."""
+        return (b, h, self.segment(s), 0, iv)
+
+
 def forward(
     q,
     k,
@@ -286,6 +394,7 @@ def forward(
     output_final_state: bool,
     save_states: bool,
     interpret,
+    padded_states: bool = False,
 ):
     """Launch the kernel on validated inputs with ``B >= 1``.
 
@@ -298,6 +407,8 @@ def forward(
       output_final_state: whether to return the final states.
       save_states: also return the state before every segment (for the backward).
       interpret: ``pl.pallas_call``'s (``tops.backends.pallas_interpret()``).
+      padded_states: return the saved states with ``K, V`` padded to ``Kp, Vp`` (the
+        backward's layout; zero in the padding).
 
     Returns:
       ``(o, final_state, states)``: ``o [B, T, H, V]`` in the dtype of ``v``;
@@ -316,73 +427,43 @@ def forward(
     varlen = cu_seqlens is not None
     num_states = cu_seqlens.shape[0] - 1 if varlen else batch
     num_segments = num_chunks + num_states if varlen else num_chunks
-
-    def lanes(x, width, size):
-        if width != size:
-            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - size)))
-        return x.reshape(batch, seq_len, heads * width)
-
+    maps = IndexMaps(
+        varlen=varlen,
+        heads=heads,
+        num_chunks=num_chunks,
+        num_segments=num_segments,
+        value_tiles=value_tiles,
+    )
+    prefetch = ()
     if varlen:
-        chunk_of, seq_of = segment_tables(cu_seqlens, seq_len=seq_len, chunk=chunk)
-        prefetch = (chunk_of, seq_of, cu_seqlens)
+        prefetch = (*segment_tables(cu_seqlens, seq_len=seq_len, chunk=chunk), cu_seqlens)
 
-        def chunk_index(s, chunk_ref):
-            return jnp.minimum(chunk_ref[s], num_chunks - 1)
-
-        def state_index(b, h, iv, s, chunk_ref, seq_ref, cu_ref):
-            return (seq_ref[s], h, 0, iv)
-
-    else:
-        prefetch = ()
-
-        def chunk_index(s):
-            return s
-
-        def state_index(b, h, iv, s):
-            return (b, h, 0, iv)
-
-    def key_index(b, h, iv, s, *tables):
-        return (b, chunk_index(s, *tables[:1]), h)
-
-    def value_index(b, h, iv, s, *tables):
-        return (b, chunk_index(s, *tables[:1]), h * value_tiles + iv)
-
-    def gate_index(b, h, iv, s, *tables):
-        return (b, h, lax.div(chunk_index(s, *tables[:1]), GATE_ROWS), 0)
-
-    def segment_index(b, h, iv, s, *tables):
-        return (b, h, s, 0, iv)
-
-    inputs = [lanes(q, kp, key_dim), lanes(k, kp, key_dim), lanes(v, vp, value_dim)]
+    inputs = [lane_view(q, kp), lane_view(k, kp), lane_view(v, vp)]
     in_specs = [
-        pl.BlockSpec((None, chunk, kp), key_index),
-        pl.BlockSpec((None, chunk, kp), key_index),
-        pl.BlockSpec((None, chunk, bv), value_index),
+        pl.BlockSpec((None, chunk, kp), maps.key),
+        pl.BlockSpec((None, chunk, kp), maps.key),
+        pl.BlockSpec((None, chunk, bv), maps.value),
     ]
     if g is not None:
-        gate_rows = pl.cdiv(num_chunks, GATE_ROWS) * GATE_ROWS
-        g_t = jnp.pad(
-            jnp.transpose(g, (0, 2, 1)), ((0, 0), (0, 0), (0, gate_rows * chunk - seq_len))
-        ).reshape(batch, heads, gate_rows, chunk)
-        inputs.append(jnp.pad(g_t, ((0, 0), (0, 0), (0, 0), (0, LANES - chunk))))
-        in_specs.append(pl.BlockSpec((None, None, GATE_ROWS, LANES), gate_index))
+        inputs.append(gate_layout(g, chunk=chunk))
+        in_specs.append(pl.BlockSpec((None, None, GATE_ROWS, LANES), maps.gate))
     if g_gamma is not None:
         inputs.append(g_gamma)
         in_specs.append(pl.BlockSpec(memory_space=pltpu.SMEM))
-    state_spec = pl.BlockSpec((None, None, kp, bv), state_index)
+    state_spec = pl.BlockSpec((None, None, kp, bv), maps.state)
     if initial_state is not None:
         pad = ((0, 0), (0, 0), (0, kp - key_dim), (0, vp - value_dim))
         inputs.append(jnp.pad(initial_state, pad))
         in_specs.append(state_spec)
 
     out_shape = [jax.ShapeDtypeStruct((batch, seq_len, heads * vp), v.dtype)]
-    out_specs = [pl.BlockSpec((None, chunk, bv), value_index)]
+    out_specs = [pl.BlockSpec((None, chunk, bv), maps.value)]
     if output_final_state:
         out_shape.append(jax.ShapeDtypeStruct((num_states, heads, kp, vp), jnp.float32))
         out_specs.append(state_spec)
     if save_states:
         out_shape.append(jax.ShapeDtypeStruct((batch, heads, num_segments, kp, vp), jnp.float32))
-        out_specs.append(pl.BlockSpec((None, None, None, kp, bv), segment_index))
+        out_specs.append(pl.BlockSpec((None, None, None, kp, bv), maps.saved))
 
     outputs = pl.pallas_call(
         functools.partial(
@@ -413,7 +494,11 @@ def forward(
     outputs = list(outputs)
     o = outputs.pop(0).reshape(batch, seq_len, heads, vp)[..., :value_dim]
     final_state = outputs.pop(0)[:, :, :key_dim, :value_dim] if output_final_state else None
-    states = outputs.pop(0)[..., :key_dim, :value_dim] if save_states else None
+    states = None
+    if save_states:
+        states = outputs.pop(0)
+        if not padded_states:
+            states = states[..., :key_dim, :value_dim]
     return o, final_state, states
 
 
@@ -422,7 +507,10 @@ def lowering_configs() -> list[tuple[str, object, tuple]]:
     check, through the public wrapper: chunk 64 and 128, bf16 and f32, each gate
     combination, with and without initial and final states, varlen, and K/V that need
     padding or several value tiles (V = 512: two of 256 lanes, V = 600: five of 128);
-    ``T = 100`` leaves a partial last chunk, ``T = 1`` is decoding."""
+    ``T = 100`` leaves a partial last chunk, ``T = 1`` is decoding. Each configuration
+    also appears as ``<name>_grad``: ``jax.vjp`` through the wrapper with cotangents for
+    ``o`` (and the final state), which lowers the saving forward and the backward kernel
+    (``backward.py``; V = 600 and V = 512 give partial ``dq, dk`` per value tile)."""
     from tops.ops.simple_gla import chunk_simple_gla
 
     def struct(shape, dtype):
@@ -457,6 +545,25 @@ def lowering_configs() -> list[tuple[str, object, tuple]]:
             return chunk_simple_gla(q, k, v, **arrays, output_final_state=ht, chunk_size=chunk)
 
         configs.append((name, fn, tuple(shapes)))
+
+        def grad_fn(*args):
+            primals, cotangents = args[: len(names)], args[len(names) :]
+            cu_seqlens = primals[-1] if cu is not None else None
+            differentiable = primals[:-1] if cu is not None else primals
+
+            def primal(*xs):
+                arrays = dict(zip(names, xs, strict=False))
+                return chunk_simple_gla(
+                    **arrays, cu_seqlens=cu_seqlens, output_final_state=ht, chunk_size=chunk
+                )
+
+            _, pullback = jax.vjp(primal, *differentiable)
+            return pullback((cotangents[0], cotangents[1] if ht else None))
+
+        cotangent_shapes = [struct((batch, seq_len, heads, value_dim), dtype)]
+        if ht:
+            cotangent_shapes.append(struct((num_states, heads, key_dim, value_dim), "float32"))
+        configs.append((name + "_grad", grad_fn, (*shapes, *cotangent_shapes)))
 
     for dtype in ("bfloat16", "float32"):
         for chunk in (64, 128):
