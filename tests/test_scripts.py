@@ -15,9 +15,23 @@ ROOT = Path(__file__).resolve().parent.parent
         (["bench_temperature_softmax.py"], ("# temperature softmax, ", "tops GB/s", "two pass")),
         (["bench_temperature_softmax.py", "--sweep"], ("single ms",)),
         (["bench_topk.py"], ("# top-k, bf16, ", "torch ms", "termination statistics", "max depth")),
-        (["bench_simple_gla.py"], ("# simple GLA forward, bf16", "tops ms", "minimum MB", "ratio")),
+        (
+            ["bench_simple_gla.py"],
+            (
+                "# simple GLA forward, bf16",
+                "tops ms",
+                "minimum MB",
+                "ratio",
+                "# simple GLA forward + backward, bf16",
+                "tops fwd+bwd ms",
+                "fla peak MB",
+                "# Pallas TPU fused backward kernel",
+                "recomputed B",
+            ),
+        ),
+        (["bench_sampling.py"], ("# sampling, bf16, top_k 64", "arbitrary ms", "flashinfer ms")),
     ],
-    ids=["softmax", "softmax-sweep", "topk", "simple_gla"],
+    ids=["softmax", "softmax-sweep", "topk", "simple_gla", "sampling"],
 )
 def test_benchmark_prints_its_tables(script, expected):
     done = subprocess.run(

@@ -25,6 +25,7 @@ GPU_KERNEL_MODULES = (
     "tops.gpu.topk.kernel",
     "tops.gpu.simple_gla.kernel",
     "tops.gpu.simple_gla.backward",
+    "tops.gpu.sampling.kernel",
 )
 # The shared memory one sm_90 block may use (227 KiB, opt-in): a kernel compiled above it
 # compiles but fails to launch ("out of resources"), so the compile check rejects it.
@@ -44,9 +45,10 @@ def lower_for_tpu(fn, *shape_structs) -> str:
 
 
 def compile_for_hopper(config: dict) -> dict[str, int]:
-    """Compile one configuration (``kernel``, ``signature``, ``constexprs``,
-    ``num_warps``) for sm_90; returns the PTX and cubin sizes and the shared memory per
-    block in bytes."""
+    """Compile one configuration (``kernel``, ``signature``, ``constexprs``, and
+    ``num_warps`` or the full launch ``options`` such as ``enable_fp_fusion``) for sm_90;
+    returns the PTX and cubin sizes and the shared memory per block in bytes, and the
+    number of fused multiply-adds in the PTX."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -57,12 +59,13 @@ def compile_for_hopper(config: dict) -> dict[str, int]:
     compiled = triton.compile(
         source,
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": config["num_warps"]},
+        options=config.get("options", {"num_warps": config["num_warps"]}),
     )
     return {
         "ptx_bytes": len(compiled.asm["ptx"]),
         "cubin_bytes": len(compiled.asm["cubin"]),
         "shared_bytes": compiled.metadata.shared,
+        "fma_instructions": compiled.asm["ptx"].count("fma."),
     }
 
 
@@ -82,7 +85,8 @@ def _compile_all(module_names) -> list[dict]:
 def compile_gpu_kernels_in_subprocess(*module_names: str) -> list[dict]:
     """Compile every shipped Triton configuration of ``module_names`` (default: all of
     ``GPU_KERNEL_MODULES``) for sm_90 in a fresh process; one ``{"module", "name", "ok",
-    "ptx_bytes", "cubin_bytes", "shared_bytes" | "error"}`` per configuration."""
+    "ptx_bytes", "cubin_bytes", "shared_bytes", "fma_instructions" | "error"}`` per
+    configuration."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TOPS_TRITON_COMPILE_ONLY"] = "1"
     done = subprocess.run(

@@ -1,7 +1,9 @@
 """Compile-only check of every shipped Triton kernel configuration: each compiles to PTX
 and a cubin for sm_90 (Hopper) on this machine, in a subprocess per kernel module
 (kernels defined under the interpreter cannot be compiled), and fits the shared memory an
-sm_90 block may use (a kernel over it compiles but cannot launch)."""
+sm_90 block may use (a kernel over it compiles but cannot launch). A kernel compiled with
+``enable_fp_fusion=False`` (the sampler's bit-exact float32 arithmetic) must contain no
+fused multiply-add."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def _configs() -> list:
     return [
         pytest.param(
             module,
-            config["name"],
+            config,
             id=f"{module.split('.')[-2]}-{config['name']}",
             marks=pytest.mark.xdist_group(f"sm90/{module}"),
         )
@@ -36,9 +38,11 @@ def _configs() -> list:
     ]
 
 
-@pytest.mark.parametrize(("module", "name"), _configs())
-def test_gpu_compiles_for_sm90(module, name):
-    result = _hopper_results(module)[name]
+@pytest.mark.parametrize(("module", "config"), _configs())
+def test_gpu_compiles_for_sm90(module, config):
+    result = _hopper_results(module)[config["name"]]
     assert result["ok"], result.get("error")
     assert result["cubin_bytes"] > 0 and result["ptx_bytes"] > 0
     assert result["shared_bytes"] <= SM90_SHARED_MEMORY_BYTES
+    if config.get("options", {}).get("enable_fp_fusion") is False:
+        assert result["fma_instructions"] == 0

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from tops.spec.sampling import (
-    EXP_TERMS,
+    EXP_COEFFICIENTS,
     LN2,
     LOG2E,
     MAX_ATTEMPTS,
@@ -36,10 +36,7 @@ from tops.spec.sampling import (
 
 _F32 = np.float32
 _EXPONENT_MASK = 0x7F800000
-# Taylor coefficients of exp(-t): (-1)**j / j!, rounded to float32.
-EXP_COEFFICIENTS = tuple(
-    _F32((-1.0) ** j / float(np.prod(np.arange(1, j + 1)))) for j in range(EXP_TERMS)
-)
+EXP_COEFFICIENTS_F32 = tuple(_F32(c) for c in EXP_COEFFICIENTS)
 
 
 def _row_parameter(value, batch: int, dtype) -> np.ndarray:
@@ -103,8 +100,9 @@ def quantize(x: np.ndarray, m: np.ndarray, log2_scale: np.ndarray) -> np.ndarray
     and subnormals of ``x``, ``m``, ``d`` and ``w`` flushed to ``+0.0``; ``w >= 31`` (or
     not a number, as ``inf * 0``) gives 0; otherwise ``n = floor(w)``, ``f = w - n``
     (exact), ``r = P(f * LN2)`` with ``P`` the float32 Horner evaluation of the Taylor
-    polynomial of ``exp(-t)`` (``EXP_COEFFICIENTS``), and ``q = floor(r * 2**(30 - n))``
-    (the scaling is exact). ``P(0) = 1``, so the maximum gets exactly ``PROB_ONE``.
+    polynomial of ``exp(-t)`` (``EXP_COEFFICIENTS`` rounded to float32), and
+    ``q = floor(r * 2**(30 - n))`` (the scaling is exact). ``P(0) = 1``, so the maximum
+    gets exactly ``PROB_ONE``.
     """
     with np.errstate(invalid="ignore", over="ignore"):
         x = flush_subnormal(x)
@@ -115,8 +113,8 @@ def quantize(x: np.ndarray, m: np.ndarray, log2_scale: np.ndarray) -> np.ndarray
         w = np.where(in_range, w, _F32(0))
         n = np.floor(w)
         t = (w - n) * _F32(LN2)
-        r = EXP_COEFFICIENTS[-1]
-        for coefficient in EXP_COEFFICIENTS[-2::-1]:
+        r = EXP_COEFFICIENTS_F32[-1]
+        for coefficient in EXP_COEFFICIENTS_F32[-2::-1]:
             r = coefficient + t * r
         scale = ((np.uint32(127 + PROB_BITS) - n.astype(np.uint32)) << np.uint32(23)).view(_F32)
         q = np.floor(r * scale).astype(np.int64)

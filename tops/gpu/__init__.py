@@ -8,10 +8,11 @@ from tops.backends import configure_triton
 
 configure_triton()
 
+from tops.gpu.sampling import sample  # noqa: E402
 from tops.gpu.temperature_softmax import (  # noqa: E402
     temperature_softmax,
     temperature_softmax_,
 )
 from tops.gpu.topk import topk  # noqa: E402
 
-__all__ = ["temperature_softmax", "temperature_softmax_", "topk"]
+__all__ = ["sample", "temperature_softmax", "temperature_softmax_", "topk"]

@@ -5,10 +5,13 @@ Everything here uses only IEEE float32 add, subtract, multiply, comparisons and 
 power-of-two scaling. Those are correctly rounded on TPU, on XLA:CPU and in NumPy, so a
 kernel built from them computes the same bits in Pallas interpret mode as on a TPU. No
 transcendental function, division or fused multiply-add is used: their last bit differs
-between platforms. The error-free transformations (Knuth's TwoSum, Dekker's TwoProduct
-with Veltkamp's split) assume the multiply and add are *not* contracted into an FMA; XLA
-and Mosaic do not contract float32 by default, and ``tests/ops/test_tpu_double_float.py``
-checks the exactness on millions of inputs in the mode under test.
+between platforms. XLA:CPU does contract ``a * b + c`` into an FMA in jitted code (about 28% of
+random float32 triples then differ from NumPy); the error-free transformations here
+(Knuth's TwoSum, Dekker's TwoProduct with Veltkamp's split) stay exact under it, because
+TwoProduct only adds partial products of 12-bit halves, which are exact either way, and
+``tests/ops/test_tpu_double_float.py`` checks the exactness on millions of inputs in the
+mode under test. Code that needs IEEE rounding of a product that feeds an add, bit for
+bit, must prevent the contraction (``tops/ops/sampling/kernel.py`` does).
 
 Inputs must stay away from overflow (``|a| < 2**100``); outputs below ``2**-126`` may
 lose their low part (TPUs flush subnormals).

@@ -22,6 +22,7 @@ OP_MODULES = (
     "tops.precision.cases.topk",
     "tops.precision.cases.simple_gla",
     "tops.precision.cases.simple_gla_grad",
+    "tops.precision.cases.sampling",
 )
 KERNEL_BACKENDS = ("tpu", "gpu")
 

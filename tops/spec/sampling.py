@@ -51,6 +51,7 @@ position, the batch size or padding.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from tops.spec.common import python_number, require_dtype, require_rank
@@ -75,6 +76,8 @@ NEWTON_A = 24.0 / 17.0  # the reciprocal's initial guess on [1, 2): A - B * M
 NEWTON_B = 8.0 / 17.0
 NEWTON_STEPS = 3
 EXP_TERMS = 10  # 2**-f = exp(-t), t = f * LN2 in [0, ln 2): Taylor terms t**0 .. t**9
+# Taylor coefficients of exp(-t), (-1)**j / j!, rounded to float32 where used.
+EXP_COEFFICIENTS = tuple((-1.0) ** j / math.factorial(j) for j in range(EXP_TERMS))
 
 # Names and order of the debug arrays.
 DEBUG_NAMES = (

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tops.gpu.exact import upcast
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
 
 LOG2E = math.log2(math.e)
@@ -125,7 +126,7 @@ def _single_pass_kernel(
     offs = tl.arange(0, BLOCK_V)
     mask = offs < V
     x = tl.load(logits_ptr + row * logits_row_stride + offs, mask=mask, other=float("-inf"))
-    x = x.to(tl.float32)
+    x = upcast(x)
     t = tl.load(temperature_ptr + row)
     t_bad, greedy, c = _row_scale(t)
 
@@ -184,7 +185,7 @@ def _multi_pass_kernel(
     for start in range(0, V, BLOCK_V):
         offs = start + chunk
         mask = offs < V
-        x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        x = upcast(tl.load(x_row + offs, mask=mask, other=float("-inf")))
         is_nan = x != x
         nan_run = tl.maximum(nan_run, tl.max(is_nan.to(tl.int32), axis=0))
         xm = tl.where(is_nan, float("-inf"), x)
@@ -208,7 +209,7 @@ def _multi_pass_kernel(
     for start in range(0, V, BLOCK_V):
         offs = start + chunk
         mask = offs < V
-        x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        x = upcast(tl.load(x_row + offs, mask=mask, other=float("-inf")))
         p = tl.exp2(_exponent(x, m_run, c)) * inv
         p = _special_rows(p, offs, arg_run, greedy, zero_row, special_nan)
         tl.store(out_row + offs, p, mask=mask)

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
+from tops.gpu.exact import upcast
 from tops.spec.topk import FAST_PATH_MAX_K, FILL_INDEX
 
 PAD_KEY = -(2**31)
@@ -103,15 +104,21 @@ def rank_warps(slots: int) -> int:
 
 
 @triton.jit
-def _load_keys(row_ptr, column, V):
-    """Order keys of ``row_ptr[column]`` (bf16/f16/f32, upcast exactly to f32);
-    ``PAD_KEY`` at columns ``>= V``."""
-    valid = column < V
-    value = tl.load(row_ptr + column, mask=valid, other=0.0).to(tl.float32)
+def order_key(value, valid):
+    """The int32 order key of float32 ``value`` (its bits, magnitude bits flipped when
+    negative, NaN to ``NAN_KEY``), ``PAD_KEY`` where not ``valid``."""
     bits = value.to(tl.int32, bitcast=True)
     key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     key = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, _NAN_KEY, key)
     return tl.where(valid, key, _PAD_KEY)
+
+
+@triton.jit
+def _load_keys(row_ptr, column, V):
+    """Order keys of ``row_ptr[column]`` (bf16/f16/f32, upcast exactly to f32);
+    ``PAD_KEY`` at columns ``>= V``."""
+    valid = column < V
+    return order_key(upcast(tl.load(row_ptr + column, mask=valid, other=0.0)), valid)
 
 
 @triton.jit
