@@ -275,7 +275,6 @@ def _cases() -> tuple[Case, ...]:
         )
     # Varlen: sequences that start and end inside chunks, from their own states.
     for dtype, cu_seqlens, chunk_size in (
-        ("float32", (0, 1, 70, 300), 64),
         ("bfloat16", (0, 256, 500, 1000), 64),
         ("float32", (0, 1, 100, 300, 1200, 2048), 128),
         ("bfloat16", (0, 1, 100, 300, 1200, 2048), 64),
@@ -307,6 +306,21 @@ def _cases() -> tuple[Case, ...]:
             initial_state=True,
             final_state=True,
         )
+    # A short varlen layout for the default suite (the ones above are slow); last, so
+    # that adding it left every other case's seed, and so its inputs, unchanged.
+    add(
+        dtype="float32",
+        batch=1,
+        seq_len=300,
+        heads=2,
+        key_dim=64,
+        value_dim=64,
+        chunk_size=64,
+        gate="both",
+        initial_state=True,
+        final_state=True,
+        cu_seqlens=(0, 1, 70, 300),
+    )
     return tuple(grid)
 
 
