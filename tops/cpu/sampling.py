@@ -189,26 +189,11 @@ def sample(
       ``random_unnorm_cdf_sampled`` a pair of uint32 ``[B]`` (high, low),
       ``next_tokens`` int32 ``[B]``.
     """
-    validate(
-        logits,
-        temperature=temperature,
-        seed=seed,
-        step=step,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        max_k=max_k,
+    parameters = dict(
+        temperature=temperature, seed=seed, step=step, top_k=top_k, top_p=top_p, min_p=min_p
     )
-    result = intermediates(
-        logits,
-        temperature=temperature,
-        seed=seed,
-        step=step,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        max_k=max_k,
-    )
+    validate(logits, **parameters, max_k=max_k)
+    result = intermediates(logits, **parameters, max_k=max_k)
     tokens, valid = result["next_tokens"], result["valid"]
     if not debug:
         return tokens, valid

@@ -101,12 +101,8 @@ def chunk_simple_gla_chunked(
     Same arguments and results as :func:`chunk_simple_gla`; each sequence is cut into
     chunks of ``chunk_size`` tokens from its own start (the last chunk may be shorter).
     """
-
-    def chunked(q, k, v, g_total, h0, scale):
-        return chunked_f64(q, k, v, g_total, h0, scale, chunk_size)
-
     return _per_sequence(
-        chunked,
+        _chunked_solver(chunk_size),
         q,
         k,
         v,
@@ -191,12 +187,8 @@ def chunk_simple_gla_chunked_grad(
 ) -> dict[str, np.ndarray]:
     """:func:`chunk_simple_gla_grad` by ``jax.vjp`` of the chunked form
     (:func:`chunked_f64`) instead of the recurrence: a second formulation for tests."""
-
-    def chunked(q, k, v, g_total, h0, scale):
-        return chunked_f64(q, k, v, g_total, h0, scale, chunk_size)
-
     return _per_sequence_grad(
-        chunked,
+        _chunked_solver(chunk_size),
         q,
         k,
         v,
@@ -262,6 +254,16 @@ def chunked_f64(q, k, v, g_total, h0, scale: float, chunk_size: int):
         o_chunk, h = _chunk_step(q[chunk], k[chunk], v[chunk], g_total[chunk], h, scale)
         outputs.append(o_chunk)
     return jnp.concatenate(outputs), h
+
+
+def _chunked_solver(chunk_size: int) -> Callable:
+    """:func:`chunked_f64` with ``chunk_size`` bound: a ``solve`` with the arguments of
+    :func:`recurrence_f64`."""
+
+    def chunked(q, k, v, g_total, h0, scale):
+        return chunked_f64(q, k, v, g_total, h0, scale, chunk_size)
+
+    return chunked
 
 
 @jax.jit

@@ -57,11 +57,20 @@ from tops.gpu.simple_gla.kernel import (
     BLOCK_K,
     BLOCK_V,
     _chunk_gates,
-    _chunk_table,
+    _chunk_layout,
+    _chunk_rows,
     _dot,
+    _load_rows,
+    _load_rows_t,
+    _load_state_block,
+    _sequence_block,
+    _store_rows,
+    compile_config,
+    gate_configurations,
+    kernel_flags,
     loop_stages,
+    signature_types,
 )
-from tops.spec.simple_gla import CHUNK_SIZES
 
 
 def num_warps_for(kernel_name: str, chunk_size: int) -> int:
@@ -113,20 +122,9 @@ def _chunk_dh_kernel(
     (the gradient w.r.t. the initial state); ``cu_seqlens_ptr`` (two) and
     ``chunk_offsets_ptr`` (one) int32 scalars.
     """
-    i_nh = tl.program_id(0)
-    i_k = tl.program_id(1)
-    i_v = tl.program_id(2)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    token0 = tl.load(cu_seqlens_ptr + i_n)
-    seq_len = tl.load(cu_seqlens_ptr + i_n + 1) - token0
-    chunk0 = tl.load(chunk_offsets_ptr + i_n)
-
-    offs_k = i_k * BK + tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    mask_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None].to(tl.int64) * V + offs_v[None, :]
-    rows = tl.arange(0, BT)
+    i_nh, i_h, token0, seq_len, chunk0, offs_k, offs_v, mask_kv, kv_offs, rows = _sequence_block(
+        cu_seqlens_ptr, chunk_offsets_ptr, H, K, V, BT, BK, BV
+    )
 
     dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_FINAL_STATE_GRADIENT:
@@ -143,16 +141,8 @@ def _chunk_dh_kernel(
 
         row_valid = i_t * BT + rows < seq_len
         tokens = (token0 + i_t * BT + rows).to(tl.int64)
-        q_t = tl.load(
-            q_ptr + (tokens[None, :] * H + i_h) * K + offs_k[:, None],
-            mask=row_valid[None, :] & (offs_k[:, None] < K),
-            other=0.0,
-        )
-        do_c = tl.load(
-            do_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
-            mask=row_valid[:, None] & (offs_v[None, :] < V),
-            other=0.0,
-        )
+        q_t = _load_rows_t(q_ptr, tokens, row_valid, i_h, H, K, offs_k, offs_k < K)
+        do_c = _load_rows(do_ptr, tokens, row_valid, i_h, H, V, offs_v, offs_v < V)
         if USE_G or USE_GAMMA:
             G, G_last = _chunk_gates(
                 g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
@@ -220,20 +210,13 @@ def _chunk_dqkg_kernel(
     i_c = tl.program_id(0)
     i_k = tl.program_id(1)
     i_h = tl.program_id(2)
-    seq = tl.load(chunk_seq_ptr + i_c)
-    i_n = tl.maximum(seq, 0)
-    token0 = tl.load(cu_seqlens_ptr + i_n)
-    seq_len = tl.where(seq >= 0, tl.load(cu_seqlens_ptr + i_n + 1) - token0, 0)
-    row0 = (i_c - tl.load(chunk_offsets_ptr + i_n)) * BT
-
-    rows = tl.arange(0, BT)
-    row_valid = row0 + rows < seq_len
-    tokens = (token0 + row0 + rows).to(tl.int64)
+    # A spare chunk reads no state (its rows of ``states`` and ``dh`` are never written).
+    token0, seq_len, row0, rows, row_valid, tokens, state_k = _chunk_rows(
+        cu_seqlens_ptr, chunk_seq_ptr, chunk_offsets_ptr, i_c, K, BT
+    )
     offs_k = i_k * BK + tl.arange(0, BK)
     mask_k = offs_k < K
     state_offset = (i_c.to(tl.int64) * H + i_h) * K * V
-    # A spare chunk reads no state (its rows of ``states`` and ``dh`` are never written).
-    state_k = tl.where(seq >= 0, K, 0)
 
     ds = tl.zeros([BT, BT], dtype=tl.float32)
     dq = tl.zeros([BT, BK], dtype=tl.float32)
@@ -337,40 +320,21 @@ def _chunk_dv_kernel(
     i_c = tl.program_id(0)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
-    seq = tl.load(chunk_seq_ptr + i_c)
-    i_n = tl.maximum(seq, 0)
-    token0 = tl.load(cu_seqlens_ptr + i_n)
-    seq_len = tl.where(seq >= 0, tl.load(cu_seqlens_ptr + i_n + 1) - token0, 0)
-    row0 = (i_c - tl.load(chunk_offsets_ptr + i_n)) * BT
-
-    rows = tl.arange(0, BT)
-    row_valid = row0 + rows < seq_len
-    tokens = (token0 + row0 + rows).to(tl.int64)
+    token0, seq_len, row0, rows, row_valid, tokens, state_k = _chunk_rows(
+        cu_seqlens_ptr, chunk_seq_ptr, chunk_offsets_ptr, i_c, K, BT
+    )
     offs_v = i_v * BV + tl.arange(0, BV)
     mask_v = offs_v < V
     dh_base = dh_ptr + (i_c.to(tl.int64) * H + i_h) * K * V
-    state_k = tl.where(seq >= 0, K, 0)
 
     dv = tl.zeros([BT, BV], dtype=tl.float32)
     A = tl.zeros([BT, BT], dtype=tl.float32)  # A[j, i] = k_j . q_i
     for k0 in tl.range(0, K, BK, num_stages=LOOP_STAGES):
         offs_k = k0 + tl.arange(0, BK)
         mask_k = offs_k < K
-        k_c = tl.load(
-            k_ptr + (tokens[:, None] * H + i_h) * K + offs_k[None, :],
-            mask=row_valid[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        q_t = tl.load(
-            q_ptr + (tokens[None, :] * H + i_h) * K + offs_k[:, None],
-            mask=row_valid[None, :] & mask_k[:, None],
-            other=0.0,
-        )
-        dh = tl.load(
-            dh_base + offs_k[:, None].to(tl.int64) * V + offs_v[None, :],
-            mask=(offs_k < state_k)[:, None] & mask_v[None, :],
-            other=0.0,
-        )
+        k_c = _load_rows(k_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
+        q_t = _load_rows_t(q_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
+        dh = _load_state_block(dh_base, offs_k, offs_v, V, state_k, mask_v)
         dv += _dot(k_c, dh, TF32)
         A += _dot(k_c, q_t, TF32)
 
@@ -385,37 +349,9 @@ def _chunk_dv_kernel(
         A = A * tl.exp(tl.where(anticausal, G[None, :] - G[:, None], 0.0))
     A = tl.where(anticausal, A * scale, 0.0)
 
-    do_c = tl.load(
-        do_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
-        mask=row_valid[:, None] & mask_v[None, :],
-        other=0.0,
-    )
+    do_c = _load_rows(do_ptr, tokens, row_valid, i_h, H, V, offs_v, mask_v)
     dv += _dot(A.to(do_ptr.dtype.element_ty), do_c, TF32)
-    tl.store(
-        dv_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
-        dv.to(dv_ptr.dtype.element_ty),
-        mask=row_valid[:, None] & mask_v[None, :],
-    )
-
-
-def _chunk_layout(batch: int, seq_len: int, cu_seqlens, chunk_size: int, device):
-    """``(cu_seqlens, chunk_offsets, chunk_seq, grid_chunks)`` exactly as
-    :func:`tops.gpu.simple_gla.kernel.forward` numbers its chunks (the rows of its
-    ``states``)."""
-    if cu_seqlens is None:
-        cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=device) * seq_len
-        num_chunks = triton.cdiv(seq_len, chunk_size)
-        chunk_offsets = torch.arange(batch + 1, dtype=torch.int32, device=device) * num_chunks
-        grid_chunks = batch * num_chunks
-        chunk_seq = torch.div(
-            torch.arange(grid_chunks, dtype=torch.int32, device=device),
-            num_chunks,
-            rounding_mode="floor",
-        )
-        return cu_seqlens, chunk_offsets, chunk_seq, grid_chunks
-    cu_seqlens = cu_seqlens.to(torch.int32)
-    chunk_offsets, chunk_seq, grid_chunks = _chunk_table(cu_seqlens, seq_len, chunk_size)
-    return cu_seqlens, chunk_offsets, chunk_seq, grid_chunks
+    _store_rows(dv_ptr, dv, tokens, row_valid, i_h, H, V, offs_v, mask_v)
 
 
 def backward(
@@ -458,14 +394,7 @@ def backward(
     dh0 = torch.empty((num_seqs, heads, key_dim, value_dim), dtype=torch.float32, device=device)
     num_k = triton.cdiv(key_dim, BLOCK_K)
     num_v = triton.cdiv(value_dim, BLOCK_V)
-    flags = {
-        "BT": chunk_size,
-        "BK": BLOCK_K,
-        "BV": BLOCK_V,
-        "USE_G": g is not None,
-        "USE_GAMMA": g_gamma is not None,
-        "TF32": q.dtype == torch.float32,
-    }
+    flags = kernel_flags(chunk_size, g is not None, g_gamma is not None, q.dtype == torch.float32)
     _chunk_dh_kernel[(num_seqs * heads, num_k, num_v)](
         q,
         do,
@@ -550,13 +479,8 @@ def _signature(kernel_name: str, dtype: str, flags: dict) -> dict:
     """The ``ASTSource`` signature of one configuration of the ``"dh"``, ``"dqkg"`` or
     ``"dv"`` kernel: an absent gate or final-state gradient is a ``None`` constexpr, as
     the launcher's ``None`` argument specialises it."""
-    qkv = f"*{dtype}"
-    states = "*bf16" if dtype == "bf16" else "*fp32"
+    qkv, states, gates = signature_types(dtype, flags)
     gated = flags["USE_G"] or flags["USE_GAMMA"]
-    gates = {
-        "g_ptr": "*fp32" if flags["USE_G"] else "constexpr",
-        "gamma_ptr": "*fp32" if flags["USE_GAMMA"] else "constexpr",
-    }
     table = {"cu_seqlens_ptr": "*i32", "chunk_seq_ptr": "*i32", "chunk_offsets_ptr": "*i32"}
     scalars = {"scale": "fp32", "H": "i32", "K": "i32", "V": "i32"}
     if kernel_name == "dh":
@@ -608,53 +532,33 @@ def compile_configs() -> list[dict]:
     :func:`tops.gpu.simple_gla.kernel.compile_configs`.
     """
     configs = []
-    for chunk_size in CHUNK_SIZES:
-        for dtype in ("bf16", "fp32"):
-            for use_g in (False, True):
-                for use_gamma in (False, True):
-                    gate_name = f"g{int(use_g)}gamma{int(use_gamma)}"
-                    common = {
-                        "BT": chunk_size,
-                        "BK": BLOCK_K,
-                        "BV": BLOCK_V,
-                        "USE_G": use_g,
-                        "USE_GAMMA": use_gamma,
-                        "TF32": dtype == "fp32",
-                    }
-                    nones = {
-                        name: None
-                        for name, used in (("g_ptr", use_g), ("gamma_ptr", use_gamma))
-                        if not used
-                    }
-                    for use_dht in (False, True):
-                        flags = {**common, "USE_FINAL_STATE_GRADIENT": use_dht}
-                        dh_nones = dict(nones, **({} if use_dht else {"dht_ptr": None}))
-                        configs.append(
-                            {
-                                "name": f"dh_C{chunk_size}_{dtype}_{gate_name}_dht{int(use_dht)}",
-                                "kernel": _chunk_dh_kernel,
-                                "signature": _signature("dh", dtype, flags),
-                                "constexprs": {**flags, **dh_nones},
-                                "num_warps": num_warps_for("dh", chunk_size),
-                            }
-                        )
-                    gated = use_g or use_gamma
-                    dqkg_nones = dict(nones, **({} if gated else {"dg_ptr": None}))
-                    for name, kernel, extra in (
-                        ("dqkg", _chunk_dqkg_kernel, dqkg_nones),
-                        ("dv", _chunk_dv_kernel, nones),
-                    ):
-                        flags = {
-                            **common,
-                            "LOOP_STAGES": loop_stages(chunk_size, dtype == "fp32"),
-                        }
-                        configs.append(
-                            {
-                                "name": f"{name}_C{chunk_size}_{dtype}_{gate_name}",
-                                "kernel": kernel,
-                                "signature": _signature(name, dtype, flags),
-                                "constexprs": {**flags, **extra},
-                                "num_warps": num_warps_for(name, chunk_size),
-                            }
-                        )
+    for chunk_size, dtype, gate_name, common, nones in gate_configurations():
+        for use_dht in (False, True):
+            flags = {**common, "USE_FINAL_STATE_GRADIENT": use_dht}
+            dh_nones = dict(nones, **({} if use_dht else {"dht_ptr": None}))
+            configs.append(
+                compile_config(
+                    f"dh_C{chunk_size}_{dtype}_{gate_name}_dht{int(use_dht)}",
+                    _chunk_dh_kernel,
+                    _signature("dh", dtype, flags),
+                    {**flags, **dh_nones},
+                    num_warps_for("dh", chunk_size),
+                )
+            )
+        gated = common["USE_G"] or common["USE_GAMMA"]
+        dqkg_nones = dict(nones, **({} if gated else {"dg_ptr": None}))
+        for name, kernel, extra in (
+            ("dqkg", _chunk_dqkg_kernel, dqkg_nones),
+            ("dv", _chunk_dv_kernel, nones),
+        ):
+            flags = {**common, "LOOP_STAGES": loop_stages(chunk_size, dtype == "fp32")}
+            configs.append(
+                compile_config(
+                    f"{name}_C{chunk_size}_{dtype}_{gate_name}",
+                    kernel,
+                    _signature(name, dtype, flags),
+                    {**flags, **extra},
+                    num_warps_for(name, chunk_size),
+                )
+            )
     return configs

@@ -98,6 +98,19 @@ def loop_stages(chunk_size: int, tf32: bool) -> int:
     return 3
 
 
+def kernel_flags(chunk_size: int, use_g: bool, use_gamma: bool, tf32: bool) -> dict:
+    """The constexprs every forward and backward kernel takes: chunk and block sizes,
+    which gates are used, and whether the inputs are f32 (dots in tf32)."""
+    return {
+        "BT": chunk_size,
+        "BK": BLOCK_K,
+        "BV": BLOCK_V,
+        "USE_G": use_g,
+        "USE_GAMMA": use_gamma,
+        "TF32": tf32,
+    }
+
+
 @triton.jit
 def _dot(a, b, TF32: tl.constexpr):
     """``a @ b`` with f32 accumulation: bf16 operands, or f32 operands as tf32.
@@ -150,6 +163,112 @@ def _chunk_gates(
 
 
 @triton.jit
+def _sequence_block(
+    cu_seqlens_ptr,
+    chunk_offsets_ptr,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """The setup of a program of a kernel that walks one sequence's chunks (grid
+    ``(N * H, cdiv(K, BK), cdiv(V, BV))``, program ``(n * H + h, i_k, i_v)``).
+
+    Returns ``(i_nh, i_h, token0, seq_len, chunk0, offs_k, offs_v, mask_kv, kv_offs,
+    rows)``: the sequence's first token, length and first global chunk; the key and
+    value offsets of the program's ``[BK, BV]`` block, its mask and its offsets within
+    a ``[K, V]`` state; and ``arange(BT)``.
+    """
+    i_nh = tl.program_id(0)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    token0 = tl.load(cu_seqlens_ptr + i_n)
+    seq_len = tl.load(cu_seqlens_ptr + i_n + 1) - token0
+    chunk0 = tl.load(chunk_offsets_ptr + i_n)
+
+    offs_k = i_k * BK + tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
+    kv_offs = offs_k[:, None].to(tl.int64) * V + offs_v[None, :]
+    rows = tl.arange(0, BT)
+    return i_nh, i_h, token0, seq_len, chunk0, offs_k, offs_v, mask_kv, kv_offs, rows
+
+
+@triton.jit
+def _chunk_rows(cu_seqlens_ptr, chunk_seq_ptr, chunk_offsets_ptr, i_c, K, BT: tl.constexpr):
+    """Where global chunk ``i_c`` lies, from the chunk table (``chunk_seq[c]`` the
+    sequence of chunk ``c``, ``-1`` for the grid's spare chunks; ``chunk_offsets[n]`` the
+    first global chunk of sequence ``n``).
+
+    Returns ``(token0, seq_len, row0, rows, row_valid, tokens, state_k)``: the sequence's
+    first token and length (0 for a spare chunk, so every row is masked), the chunk's
+    first row within the sequence, ``arange(BT)``, which rows lie in the sequence, their
+    int64 token indices, and the key bound of the chunk's state reads (0 for a spare
+    chunk, whose state rows are never written, so it reads none).
+    """
+    seq = tl.load(chunk_seq_ptr + i_c)
+    i_n = tl.maximum(seq, 0)
+    token0 = tl.load(cu_seqlens_ptr + i_n)
+    seq_len = tl.where(seq >= 0, tl.load(cu_seqlens_ptr + i_n + 1) - token0, 0)
+    row0 = (i_c - tl.load(chunk_offsets_ptr + i_n)) * BT
+
+    rows = tl.arange(0, BT)
+    row_valid = row0 + rows < seq_len
+    tokens = (token0 + row0 + rows).to(tl.int64)
+    state_k = tl.where(seq >= 0, K, 0)
+    return token0, seq_len, row0, rows, row_valid, tokens, state_k
+
+
+@triton.jit
+def _load_rows(ptr, tokens, row_valid, i_h, H, D, offs, mask):
+    """The ``[BT, BD]`` tile of a ``[B * T, H, D]`` tensor at rows ``tokens`` (int64),
+    head ``i_h`` and columns ``offs``; rows outside the sequence (``row_valid``) and
+    columns outside ``mask`` read 0."""
+    return tl.load(
+        ptr + (tokens[:, None] * H + i_h) * D + offs[None, :],
+        mask=row_valid[:, None] & mask[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _load_rows_t(ptr, tokens, row_valid, i_h, H, D, offs, mask):
+    """:func:`_load_rows` transposed: the ``[BD, BT]`` tile."""
+    return tl.load(
+        ptr + (tokens[None, :] * H + i_h) * D + offs[:, None],
+        mask=row_valid[None, :] & mask[:, None],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _store_rows(ptr, value, tokens, row_valid, i_h, H, D, offs, mask):
+    """Store ``value`` (``[BT, BD]``, cast to the dtype of ``ptr``) where
+    :func:`_load_rows` reads."""
+    tl.store(
+        ptr + (tokens[:, None] * H + i_h) * D + offs[None, :],
+        value.to(ptr.dtype.element_ty),
+        mask=row_valid[:, None] & mask[None, :],
+    )
+
+
+@triton.jit
+def _load_state_block(state_base, offs_k, offs_v, V, state_k, mask_v):
+    """The ``[BK, BV]`` block ``(offs_k, offs_v)`` of the ``[K, V]`` chunk state at
+    ``state_base``; keys from ``state_k`` on (all of them for a spare chunk) and values
+    outside ``mask_v`` read 0."""
+    return tl.load(
+        state_base + offs_k[:, None].to(tl.int64) * V + offs_v[None, :],
+        mask=(offs_k < state_k)[:, None] & mask_v[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
 def _chunk_states_kernel(
     k_ptr,
     v_ptr,
@@ -191,20 +310,9 @@ def _chunk_states_kernel(
     to write than to double the compiled variants with a flag; ``cu_seqlens_ptr`` (two)
     and ``chunk_offsets_ptr`` (one) int32 scalars.
     """
-    i_nh = tl.program_id(0)
-    i_k = tl.program_id(1)
-    i_v = tl.program_id(2)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    token0 = tl.load(cu_seqlens_ptr + i_n)
-    seq_len = tl.load(cu_seqlens_ptr + i_n + 1) - token0
-    chunk0 = tl.load(chunk_offsets_ptr + i_n)
-
-    offs_k = i_k * BK + tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    mask_kv = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None].to(tl.int64) * V + offs_v[None, :]
-    rows = tl.arange(0, BT)
+    i_nh, i_h, token0, seq_len, chunk0, offs_k, offs_v, mask_kv, kv_offs, rows = _sequence_block(
+        cu_seqlens_ptr, chunk_offsets_ptr, H, K, V, BT, BK, BV
+    )
 
     h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_INITIAL_STATE:
@@ -219,16 +327,8 @@ def _chunk_states_kernel(
 
         row_valid = i_t * BT + rows < seq_len
         tokens = (token0 + i_t * BT + rows).to(tl.int64)
-        k_t = tl.load(
-            k_ptr + (tokens[None, :] * H + i_h) * K + offs_k[:, None],
-            mask=row_valid[None, :] & (offs_k[:, None] < K),
-            other=0.0,
-        )
-        v_c = tl.load(
-            v_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
-            mask=row_valid[:, None] & (offs_v[None, :] < V),
-            other=0.0,
-        )
+        k_t = _load_rows_t(k_ptr, tokens, row_valid, i_h, H, K, offs_k, offs_k < K)
+        v_c = _load_rows(v_ptr, tokens, row_valid, i_h, H, V, offs_v, offs_v < V)
         if USE_G or USE_GAMMA:
             G, G_last = _chunk_gates(
                 g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
@@ -284,41 +384,21 @@ def _chunk_output_kernel(
     i_c = tl.program_id(0)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
-    seq = tl.load(chunk_seq_ptr + i_c)
-    i_n = tl.maximum(seq, 0)
-    token0 = tl.load(cu_seqlens_ptr + i_n)
-    seq_len = tl.where(seq >= 0, tl.load(cu_seqlens_ptr + i_n + 1) - token0, 0)
-    row0 = (i_c - tl.load(chunk_offsets_ptr + i_n)) * BT
-
-    rows = tl.arange(0, BT)
-    row_valid = row0 + rows < seq_len
-    tokens = (token0 + row0 + rows).to(tl.int64)
+    token0, seq_len, row0, rows, row_valid, tokens, state_k = _chunk_rows(
+        cu_seqlens_ptr, chunk_seq_ptr, chunk_offsets_ptr, i_c, K, BT
+    )
     offs_v = i_v * BV + tl.arange(0, BV)
     mask_v = offs_v < V
     state_base = states_ptr + (i_c.to(tl.int64) * H + i_h) * K * V
-    # A spare chunk reads no state (its ``states`` rows are never written).
-    state_k = tl.where(seq >= 0, K, 0)
 
     o = tl.zeros([BT, BV], dtype=tl.float32)
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in tl.range(0, K, BK, num_stages=LOOP_STAGES):
         offs_k = k0 + tl.arange(0, BK)
         mask_k = offs_k < K
-        q_c = tl.load(
-            q_ptr + (tokens[:, None] * H + i_h) * K + offs_k[None, :],
-            mask=row_valid[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        k_t = tl.load(
-            k_ptr + (tokens[None, :] * H + i_h) * K + offs_k[:, None],
-            mask=row_valid[None, :] & mask_k[:, None],
-            other=0.0,
-        )
-        s = tl.load(
-            state_base + offs_k[:, None].to(tl.int64) * V + offs_v[None, :],
-            mask=(offs_k < state_k)[:, None] & mask_v[None, :],
-            other=0.0,
-        )
+        q_c = _load_rows(q_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
+        k_t = _load_rows_t(k_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
+        s = _load_state_block(state_base, offs_k, offs_v, V, state_k, mask_v)
         o += _dot(q_c, s, TF32)
         A += _dot(q_c, k_t, TF32)
 
@@ -332,17 +412,9 @@ def _chunk_output_kernel(
         A = A * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
     A = tl.where(causal, A, 0.0)
 
-    v_c = tl.load(
-        v_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
-        mask=row_valid[:, None] & mask_v[None, :],
-        other=0.0,
-    )
+    v_c = _load_rows(v_ptr, tokens, row_valid, i_h, H, V, offs_v, mask_v)
     o = o * scale + _dot(A.to(v_ptr.dtype.element_ty), v_c, TF32) * scale
-    tl.store(
-        o_ptr + (tokens[:, None] * H + i_h) * V + offs_v[None, :],
-        o.to(o_ptr.dtype.element_ty),
-        mask=row_valid[:, None] & mask_v[None, :],
-    )
+    _store_rows(o_ptr, o, tokens, row_valid, i_h, H, V, offs_v, mask_v)
 
 
 def _chunk_table(cu_seqlens: torch.Tensor, seq_len: int, chunk_size: int):
@@ -364,6 +436,27 @@ def _chunk_table(cu_seqlens: torch.Tensor, seq_len: int, chunk_size: int):
     chunk_seq = torch.searchsorted(chunk_offsets, chunks, right=True) - 1
     chunk_seq = torch.where(chunk_seq < num_seqs, chunk_seq, -1)
     return chunk_offsets.to(torch.int32), chunk_seq.to(torch.int32), bound
+
+
+def _chunk_layout(batch: int, seq_len: int, cu_seqlens, chunk_size: int, device):
+    """``(cu_seqlens, chunk_offsets, chunk_seq, grid_chunks)``: the int32 sequence bounds
+    (``arange(B + 1) * T`` without varlen), the chunk table of :func:`_chunk_table` and
+    the number of global chunks the per-chunk grids cover. The forward numbers its
+    chunks (the rows of ``states``) this way and the backward reads them the same way."""
+    if cu_seqlens is None:
+        cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=device) * seq_len
+        num_chunks = triton.cdiv(seq_len, chunk_size)
+        chunk_offsets = torch.arange(batch + 1, dtype=torch.int32, device=device) * num_chunks
+        grid_chunks = batch * num_chunks
+        chunk_seq = torch.div(
+            torch.arange(grid_chunks, dtype=torch.int32, device=device),
+            num_chunks,
+            rounding_mode="floor",
+        )
+        return cu_seqlens, chunk_offsets, chunk_seq, grid_chunks
+    cu_seqlens = cu_seqlens.to(torch.int32)
+    chunk_offsets, chunk_seq, grid_chunks = _chunk_table(cu_seqlens, seq_len, chunk_size)
+    return cu_seqlens, chunk_offsets, chunk_seq, grid_chunks
 
 
 def forward(
@@ -394,19 +487,9 @@ def forward(
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[3]
     device = q.device
-    if cu_seqlens is None:
-        cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=device) * seq_len
-        num_chunks = triton.cdiv(seq_len, chunk_size)
-        chunk_offsets = torch.arange(batch + 1, dtype=torch.int32, device=device) * num_chunks
-        grid_chunks = batch * num_chunks
-        chunk_seq = torch.div(
-            torch.arange(grid_chunks, dtype=torch.int32, device=device),
-            num_chunks,
-            rounding_mode="floor",
-        )
-    else:
-        cu_seqlens = cu_seqlens.to(torch.int32)
-        chunk_offsets, chunk_seq, grid_chunks = _chunk_table(cu_seqlens, seq_len, chunk_size)
+    cu_seqlens, chunk_offsets, chunk_seq, grid_chunks = _chunk_layout(
+        batch, seq_len, cu_seqlens, chunk_size, device
+    )
     num_seqs = cu_seqlens.shape[0] - 1
 
     states_dtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
@@ -417,14 +500,7 @@ def forward(
         (num_seqs, heads, key_dim, value_dim), dtype=torch.float32, device=device
     )
     o = torch.empty_like(v)
-    flags = {
-        "BT": chunk_size,
-        "BK": BLOCK_K,
-        "BV": BLOCK_V,
-        "USE_G": g is not None,
-        "USE_GAMMA": g_gamma is not None,
-        "TF32": q.dtype == torch.float32,
-    }
+    flags = kernel_flags(chunk_size, g is not None, g_gamma is not None, q.dtype == torch.float32)
     _chunk_states_kernel[
         (num_seqs * heads, triton.cdiv(key_dim, BLOCK_K), triton.cdiv(value_dim, BLOCK_V))
     ](
@@ -466,16 +542,25 @@ def forward(
     return o, (final_state if output_final_state else None), states, chunk_offsets
 
 
-def _signature(kernel_name: str, dtype: str, use_g: bool, use_gamma: bool, flags: dict) -> dict:
+def signature_types(dtype: str, flags: dict) -> tuple[str, str, dict]:
+    """``(qkv, states, gates)`` of an ``ASTSource`` signature, for inputs of ``dtype``
+    (``"bf16"`` or ``"fp32"``): the pointer type of the inputs and outputs (``q, k, v,
+    o`` and their gradients), of the chunk states (``states``, ``dh``: bf16 for bf16
+    inputs, else f32) and of the two gate pointers, an unused gate (``flags["USE_G"]``,
+    ``flags["USE_GAMMA"]``) being a ``None`` constexpr, as the launcher's ``None``
+    argument specialises it."""
+    gates = {
+        "g_ptr": "*fp32" if flags["USE_G"] else "constexpr",
+        "gamma_ptr": "*fp32" if flags["USE_GAMMA"] else "constexpr",
+    }
+    return f"*{dtype}", ("*bf16" if dtype == "bf16" else "*fp32"), gates
+
+
+def _signature(kernel_name: str, dtype: str, flags: dict) -> dict:
     """The ``ASTSource`` signature of one configuration of the ``"states"`` or ``"out"``
     kernel: an absent gate or initial state is a ``None`` constexpr, as the launcher's
     ``None`` argument specialises it."""
-    qkv = f"*{dtype}"
-    states = "*bf16" if dtype == "bf16" else "*fp32"
-    gates = {
-        "g_ptr": "*fp32" if use_g else "constexpr",
-        "gamma_ptr": "*fp32" if use_gamma else "constexpr",
-    }
+    qkv, states, gates = signature_types(dtype, flags)
     if kernel_name == "states":
         pointers = {
             "k_ptr": qkv,
@@ -504,6 +589,41 @@ def _signature(kernel_name: str, dtype: str, use_g: bool, use_gamma: bool, flags
     return {**pointers, **scalars, **dict.fromkeys(flags, "constexpr")}
 
 
+def gate_configurations():
+    """The shipped configurations shared by the forward and backward kernels, in the
+    order the compile-only checks list them: each chunk size (64, 128), input dtype
+    (bf16, f32 as tf32) and gate combination (neither, ``g_gamma``, ``g``, both).
+
+    Yields ``(chunk_size, dtype, gate_name, common, none_pointers)``: ``dtype`` as a
+    signature names it (``"bf16"``, ``"fp32"``), ``gate_name`` like ``"g1gamma0"``,
+    ``common`` the constexprs of :func:`kernel_flags` and ``none_pointers`` the ``None``
+    constexprs of the unused gate pointers (fresh dicts each time).
+    """
+    for chunk_size in CHUNK_SIZES:
+        for dtype in ("bf16", "fp32"):
+            for use_g in (False, True):
+                for use_gamma in (False, True):
+                    common = kernel_flags(chunk_size, use_g, use_gamma, dtype == "fp32")
+                    none_pointers = {
+                        name: None
+                        for name, used in (("g_ptr", use_g), ("gamma_ptr", use_gamma))
+                        if not used
+                    }
+                    gate_name = f"g{int(use_g)}gamma{int(use_gamma)}"
+                    yield chunk_size, dtype, gate_name, common, none_pointers
+
+
+def compile_config(name: str, kernel, signature: dict, constexprs: dict, num_warps: int) -> dict:
+    """One entry of a ``compile_configs()`` list."""
+    return {
+        "name": name,
+        "kernel": kernel,
+        "signature": signature,
+        "constexprs": constexprs,
+        "num_warps": num_warps,
+    }
+
+
 def compile_configs() -> list[dict]:
     """Every shipped kernel configuration, for the compile-only checks.
 
@@ -513,44 +633,27 @@ def compile_configs() -> list[dict]:
     ``{"name", "kernel", "signature", "constexprs", "num_warps"}``.
     """
     configs = []
-    for chunk_size in CHUNK_SIZES:
-        for dtype in ("bf16", "fp32"):
-            for use_g in (False, True):
-                for use_gamma in (False, True):
-                    gate_name = f"g{int(use_g)}gamma{int(use_gamma)}"
-                    common = {
-                        "BT": chunk_size,
-                        "BK": BLOCK_K,
-                        "BV": BLOCK_V,
-                        "USE_G": use_g,
-                        "USE_GAMMA": use_gamma,
-                        "TF32": dtype == "fp32",
-                    }
-                    none_pointers = {
-                        name: None
-                        for name, used in (("g_ptr", use_g), ("gamma_ptr", use_gamma))
-                        if not used
-                    }
-                    for use_h0 in (False, True):
-                        flags = {**common, "USE_INITIAL_STATE": use_h0}
-                        nones = dict(none_pointers, **({} if use_h0 else {"h0_ptr": None}))
-                        configs.append(
-                            {
-                                "name": f"states_C{chunk_size}_{dtype}_{gate_name}_h0{int(use_h0)}",
-                                "kernel": _chunk_states_kernel,
-                                "signature": _signature("states", dtype, use_g, use_gamma, flags),
-                                "constexprs": {**flags, **nones},
-                                "num_warps": num_warps_for("states", chunk_size),
-                            }
-                        )
-                    out_flags = {**common, "LOOP_STAGES": loop_stages(chunk_size, dtype == "fp32")}
-                    configs.append(
-                        {
-                            "name": f"out_C{chunk_size}_{dtype}_{gate_name}",
-                            "kernel": _chunk_output_kernel,
-                            "signature": _signature("out", dtype, use_g, use_gamma, out_flags),
-                            "constexprs": {**out_flags, **none_pointers},
-                            "num_warps": num_warps_for("out", chunk_size),
-                        }
-                    )
+    for chunk_size, dtype, gate_name, common, none_pointers in gate_configurations():
+        for use_h0 in (False, True):
+            flags = {**common, "USE_INITIAL_STATE": use_h0}
+            nones = dict(none_pointers, **({} if use_h0 else {"h0_ptr": None}))
+            configs.append(
+                compile_config(
+                    f"states_C{chunk_size}_{dtype}_{gate_name}_h0{int(use_h0)}",
+                    _chunk_states_kernel,
+                    _signature("states", dtype, flags),
+                    {**flags, **nones},
+                    num_warps_for("states", chunk_size),
+                )
+            )
+        out_flags = {**common, "LOOP_STAGES": loop_stages(chunk_size, dtype == "fp32")}
+        configs.append(
+            compile_config(
+                f"out_C{chunk_size}_{dtype}_{gate_name}",
+                _chunk_output_kernel,
+                _signature("out", dtype, out_flags),
+                {**out_flags, **none_pointers},
+                num_warps_for("out", chunk_size),
+            )
+        )
     return configs
