@@ -12,6 +12,7 @@ import torch
 from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
 from tops.cpu import simple_gla as reference
 from tops.gpu.simple_gla import chunk_simple_gla, kernel
+from tops.ops.simple_gla.alibi import FLOAT32_EXP_LIMIT, make_alibi_g_gamma, max_discarded_exponent
 from tops.precision.cases.simple_gla import random_arrays
 from tops.precision.convert import from_torch, to_torch
 from tops.precision.metrics import numpy_dtype
@@ -129,13 +130,8 @@ def test_gpu_alibi_gates_at_chunk_128_stay_finite():
     exponent before exp keeps the outputs finite and accurate (factoring the decay as
     exp(G_i) exp(-G_j), or decaying the padded rows unmasked, gives NaN here)."""
     heads, seq_len, chunk, layer, layers = 16, 513, 128, 0, 20
-    slopes = (2.0 ** (-8.0 / heads)) ** (np.arange(heads) + 1)
-    g_gamma = (-slopes * (1 - layer / (layers - 1) + 1e-5)).astype(np.float32)
-    rows = np.arange(chunk)
-    G = g_gamma.astype(np.float64)[:, None] * (rows + 1)  # [H, i]
-    upper = rows[:, None] < rows[None, :]
-    unmasked = (G[:, :, None] - G[:, None, :])[:, upper]
-    assert unmasked.max() > 88.7
+    g_gamma = np.asarray(make_alibi_g_gamma(heads, layers, layer))
+    assert max_discarded_exponent(g_gamma, chunk) > FLOAT32_EXP_LIMIT
 
     rng = np.random.default_rng(20)
     arrays = _inputs(

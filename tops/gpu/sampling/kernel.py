@@ -45,7 +45,14 @@ from triton.language.standard import _elementwise_max, _elementwise_min, _sum_co
 
 from tops.backends import triton_interprets
 from tops.gpu.exact import upcast
-from tops.gpu.topk.kernel import INT32_MAX, NAN_KEY, order_key
+from tops.gpu.topk.kernel import (
+    INT32_MAX,
+    NAN_KEY,
+    PAD_ENTRY,
+    entry_index,
+    order_entry,
+    order_key,
+)
 from tops.spec.sampling import (
     EXP_COEFFICIENTS,
     LN2,
@@ -96,7 +103,7 @@ NEG_INF_KEY = int(np.int32(np.uint32(0xFF800000).view(np.int32) ^ np.int32(INT32
 POS_INF_KEY = 0x7F800000
 _NEG_INF_KEY = tl.constexpr(NEG_INF_KEY)
 _POS_INF_KEY = tl.constexpr(POS_INF_KEY)
-_MIN_ENTRY = tl.constexpr(-(2**63))
+_PAD_ENTRY = tl.constexpr(PAD_ENTRY)
 _BIG_INDEX = tl.constexpr(INT32_MAX)
 
 # Columns per tile of the one-dimensional row passes on a GPU: 16 a thread at 8 warps.
@@ -294,7 +301,7 @@ def _row_scan(row_ptr, V, BLOCK: tl.constexpr):
     (``key << 32 | INT32_MAX - index``, the first maximum in the top-k order), the
     smallest key, and whether a NaN / a finite value occurs."""
     offsets = tl.arange(0, BLOCK)
-    best = tl.full([], _MIN_ENTRY, tl.int64)
+    best = tl.full([], _PAD_ENTRY, tl.int64)
     lowest = tl.full([], _INT32_MAX, tl.int32)
     has_nan = tl.full([], 0, tl.int32)
     has_finite = tl.full([], 0, tl.int32)
@@ -302,7 +309,7 @@ def _row_scan(row_ptr, V, BLOCK: tl.constexpr):
         column = start + offsets
         valid = column < V
         _, key = _load_row(row_ptr, column, V)
-        entry = (key.to(tl.int64) << 32) | (column ^ _INT32_MAX).to(tl.int64)  # topk's _entry
+        entry = order_entry(key, column)
         best = tl.maximum(best, tl.reduce(entry, 0, _elementwise_max))
         lowest = tl.minimum(
             lowest, tl.reduce(tl.where(valid, key, _INT32_MAX), 0, _elementwise_min)
@@ -313,12 +320,6 @@ def _row_scan(row_ptr, V, BLOCK: tl.constexpr):
         finite = (key > _NEG_INF_KEY) & (key < _POS_INF_KEY)
         has_finite = tl.maximum(has_finite, tl.reduce(finite.to(tl.int32), 0, _elementwise_max))
     return best, lowest, has_nan, has_finite
-
-
-@triton.jit
-def _entry_index(entry):
-    """The column of an entry of :func:`tops.gpu.topk.kernel._entry`."""
-    return ((entry & _INT32_MAX) ^ _INT32_MAX).to(tl.int32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,7 +338,7 @@ def _row_stats_kernel(x_ptr, greedy_ptr, valid_ptr, V, x_row_stride, BLOCK: tl.c
     """
     row = tl.program_id(0).to(tl.int64)
     best, _, has_nan, has_finite = _row_scan(x_ptr + row * x_row_stride, V, BLOCK)
-    tl.store(greedy_ptr + row, _entry_index(best))
+    tl.store(greedy_ptr + row, entry_index(best))
     tl.store(valid_ptr + row, (has_nan == 0).to(tl.int32) & has_finite)
 
 
@@ -525,7 +526,7 @@ def _full_kernel(
     probs_row = probs_ptr + row * out_row_stride
     offsets = tl.arange(0, BLOCK)
     best, lowest, has_nan, has_finite = _row_scan(row_ptr, V, BLOCK)
-    greedy = _entry_index(best)
+    greedy = entry_index(best)
     valid = (has_nan == 0) & (has_finite != 0)
     temperature = tl.load(temperature_ptr + row)
     sampling = valid & (temperature >= _TINY)  # not greedy: T not zero, subnormal or NaN

@@ -57,7 +57,8 @@ INT32_MAX = 2**31 - 1
 _PAD_KEY = tl.constexpr(PAD_KEY)
 _NAN_KEY = tl.constexpr(NAN_KEY)
 _INT32_MAX = tl.constexpr(INT32_MAX)
-_PAD_ENTRY = tl.constexpr(-(2**63))
+PAD_ENTRY = -(2**63)  # below every entry
+_PAD_ENTRY = tl.constexpr(PAD_ENTRY)
 _FILL_INDEX = tl.constexpr(FILL_INDEX)
 
 # Columns (or candidate slots) one selection program reads. 8 warps hold 16 keys a thread;
@@ -122,9 +123,16 @@ def _load_keys(row_ptr, column, V):
 
 
 @triton.jit
-def _entry(key, index):
-    """The int64 ``key << 32 | (INT32_MAX - index)`` (``index >= 0``)."""
+def order_entry(key, index):
+    """The int64 ``key << 32 | (INT32_MAX - index)`` (``index >= 0``): entries compare as
+    ``(key, -index)``, the top-k order."""
     return (key.to(tl.int64) << 32) | (index ^ _INT32_MAX).to(tl.int64)
+
+
+@triton.jit
+def entry_index(entry):
+    """The index of an :func:`order_entry`."""
+    return ((entry & _INT32_MAX) ^ _INT32_MAX).to(tl.int32)
 
 
 @triton.jit
@@ -256,11 +264,11 @@ def _rank_candidates_kernel(
     key_row = key_ptr + row * row_stride
     index_row = index_ptr + row * row_stride
     slot = tl.arange(0, SLOTS)
-    mine = _entry(tl.load(key_row + slot), tl.load(index_row + slot))
+    mine = order_entry(tl.load(key_row + slot), tl.load(index_row + slot))
     rank = tl.zeros([SLOTS], tl.int32)
     for start in tl.static_range(0, SLOTS, CHUNK):
         other = start + tl.arange(0, CHUNK)
-        theirs = _entry(tl.load(key_row + other), tl.load(index_row + other))
+        theirs = order_entry(tl.load(key_row + other), tl.load(index_row + other))
         ahead = (theirs[None, :] > mine[:, None]) | (
             (theirs[None, :] == mine[:, None]) & (other[None, :] < slot[:, None])
         )
@@ -289,7 +297,7 @@ def _entries_kernel(
     """
     row = tl.program_id(0).to(tl.int64)
     column = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    entry = _entry(_load_keys(x_ptr + row * x_row_stride, column, V), column)
+    entry = order_entry(_load_keys(x_ptr + row * x_row_stride, column, V), column)
     tl.store(entries_ptr + row * entries_row_stride + column, entry, mask=column < n_columns)
 
 
@@ -406,7 +414,7 @@ def _write_kernel(
     place = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     live = place < tl.load(kept_ptr + row)
     entry = tl.load(order_ptr + row * order_row_stride + place, mask=live, other=0)
-    index = tl.where(live, (entry & _INT32_MAX).to(tl.int32) ^ _INT32_MAX, _FILL_INDEX)
+    index = tl.where(live, entry_index(entry), _FILL_INDEX)
     value = tl.load(x_ptr + row * x_row_stride + index, mask=live, other=float("-inf"))
     in_width = place < width
     tl.store(values_ptr + row * out_row_stride + place, value, mask=in_width)

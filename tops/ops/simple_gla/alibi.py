@@ -69,3 +69,15 @@ def make_alibi_g_gamma(num_heads: int, num_layers: int, layer_idx: int):
         raise ValueError(f"layer_idx must be an int in [0, {num_layers}), got {layer_idx!r}")
     layer_scale = 1.0 - int(layer_idx) / max(num_layers - 1, 1) + 1e-5
     return jnp.asarray((-_slopes_f64(num_heads) * layer_scale).astype(np.float32))
+
+
+# exp overflows float32 above this exponent: log(float32 max) = 88.72.
+FLOAT32_EXP_LIMIT = float(np.log(np.finfo(np.float32).max))
+
+
+def max_discarded_exponent(g_gamma, chunk_size: int) -> float:
+    """The largest exponent ``G_j - G_i`` (``j > i``, ``G`` the cumulative per-head log
+    decay) that a chunk's causal mask discards: ``max(-g_gamma) * (chunk_size - 1)`` for
+    decays ``g_gamma <= 0`` (float64). An implementation that evaluates ``exp`` before
+    masking overflows float32 when this exceeds :data:`FLOAT32_EXP_LIMIT`."""
+    return float(np.max(-np.asarray(g_gamma, np.float64))) * (chunk_size - 1)
