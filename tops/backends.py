@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
+import sys
 
 BACKENDS = ("tpu", "gpu", "cpu")
 _TRUTHY = ("1", "true", "yes", "on")
@@ -97,6 +99,25 @@ def configure_triton() -> None:
         return
     if gpu_mode() == "gpu-interpret":
         os.environ["TRITON_INTERPRET"] = "1"
+        _reload_compiled_triton_library()
+
+
+def _reload_compiled_triton_library() -> None:
+    """Redefine Triton's own ``@triton.jit`` library (``tl.sum``, ``tl.cumsum``, the
+    combine functions, ``tl.rand``) for the interpreter when the user imported Triton
+    before tops: Triton decides at definition time, and the interpreter cannot call a
+    compiled function, so every interpreted kernel would fail. Reloading reruns the
+    definitions with ``TRITON_INTERPRET`` set and rebinds the ``triton.language`` names."""
+    standard = sys.modules.get("triton.language.standard")
+    if standard is None:
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(standard._sum_combine, InterpretedFunction):
+        return
+    for name in ("triton.language.standard", "triton.language.random", "triton.language"):
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
 
 
 def torch_device() -> str:

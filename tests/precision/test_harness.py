@@ -241,12 +241,12 @@ def test_report_prints_writes_and_gates(monkeypatch, tmp_path, capsys, tpu_kerne
 
     monkeypatch.setattr(report, "ops", lambda: {"softmax_demo": _fake_op(tpu_kernel)})
     monkeypatch.setattr(runner, "op", lambda name: _fake_op(tpu_kernel))
-    for cached in (runner.inputs, runner.reference, runner.measure):
+    for cached in (runner.inputs, runner.reference, runner.outputs, runner.measure):
         cached.cache_clear()
     try:
         assert report.main(["--out", str(tmp_path)]) == exit_code
     finally:
-        for cached in (runner.inputs, runner.reference, runner.measure):
+        for cached in (runner.inputs, runner.reference, runner.outputs, runner.measure):
             cached.cache_clear()
     printed = capsys.readouterr()
     assert "ε_TPU" in printed.out and "softmax_demo" in printed.out

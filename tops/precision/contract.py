@@ -1,8 +1,20 @@
 """The three rules of the precision contract, as functions the tests and the report call.
 
 1. Each backend: ``nonfinite == 0``, ``special == 0`` and ``ε <= tolerance``.
-2. ``ε_TPU <= max(ε_GPU, floor) * 1.02`` wherever both backends run the case.
+2. ``ε_TPU <= max(ε_GPU, floor) * (1 + margin)`` wherever both backends run the case;
+   ``margin`` is 0.02 unless ``tops/precision/margins.json`` derives one for the output.
 3. Regression gate: ``ε <= 1.25 * baseline + 0.01 * floor`` where the ledger has an entry.
+
+What ``ε_TPU <= ε_GPU`` means where both backends do the same arithmetic and differ only
+in summation order (exact products summed in float32: the ungated bf16 simple GLA states):
+the ε of each backend is one draw from the distribution of ε over summation orders, so a
+fixed 2% would compare two draws and its verdict would depend on the orders that each
+host's compiler happens to pick. There the margin is the spread of that distribution,
+measured over ``N`` random orders of the op's order model (``max / min - 1`` of their ε;
+``tops.precision.margins``, written by ``scripts/derive_rule2_margins.py`` only), and the
+rule fails only when the TPU is worse than any of those orders explains. The margin never
+grows just to pass: ``tests/precision/test_rule2_mutations.py`` checks that the file is
+what the script derives and that an output just past the margin fails.
 
 Each rule returns a :class:`Verdict`; :func:`enforce` turns a failed one into an
 AssertionError. Messages name the op, case, output, mode(s), the ε values, the floor
@@ -15,7 +27,7 @@ from dataclasses import dataclass
 
 from tops.precision.metrics import Comparison
 
-RULE2_SLACK = 1.02
+RULE2_MARGIN = 0.02
 RULE3_GROWTH = 1.25
 RULE3_FLOOR_SHARE = 0.01
 
@@ -79,15 +91,16 @@ def rule1(m: Measurement, tolerance: float, other: Measurement | None = None) ->
     return _verdict(1, ok, detail)
 
 
-def rule2(tpu: Measurement, gpu: Measurement) -> Verdict:
-    """``ε_TPU <= max(ε_GPU, floor) * 1.02``."""
+def rule2(tpu: Measurement, gpu: Measurement, margin: float = RULE2_MARGIN) -> Verdict:
+    """``ε_TPU <= max(ε_GPU, floor) * (1 + margin)``; ``margin`` from
+    ``tops.precision.margins.margin`` (0.02 where none is derived)."""
     floor = tpu.comparison.floor
-    bound = max(gpu.eps, floor) * RULE2_SLACK
+    bound = max(gpu.eps, floor) * (1 + margin)
     ok = tpu.eps <= bound
     detail = (
         f"{tpu.where} modes {tpu.mode} vs {gpu.mode}: ε_TPU={tpu.eps:.3e}, "
-        f"ε_GPU={gpu.eps:.3e}, floor {floor:.3e}, bound max(ε_GPU, floor) x {RULE2_SLACK} "
-        f"= {bound:.3e}; {tpu.worst()}; {gpu.worst()}"
+        f"ε_GPU={gpu.eps:.3e}, floor {floor:.3e}, margin {margin:.2%}, bound "
+        f"max(ε_GPU, floor) x (1 + {margin:.4g}) = {bound:.3e}; {tpu.worst()}; {gpu.worst()}"
     )
     return _verdict(2, ok, detail)
 

@@ -3,7 +3,8 @@
 An op module (listed in ``OP_MODULES``) defines ``OP = Op(...)``: the reference, one
 runner per kernel backend and the cases. Runners take the case inputs as NumPy arrays
 (already rounded to the case dtype) and return NumPy outputs, so every backend and the
-reference see identical values.
+reference see identical values. An op whose backends share their arithmetic on some
+outputs also gives an :class:`OrderModel`, from which rule 2's margins are derived.
 """
 
 from __future__ import annotations
@@ -42,14 +43,30 @@ class Case:
 
 
 @dataclass(frozen=True)
+class OrderModel:
+    """The outputs on which the TPU and GPU kernels do the same arithmetic in different
+    summation orders, and a random draw of such an order.
+
+    ``covers(inputs, output)`` says whether ``output`` of the case with ``inputs`` is one
+    of them; ``draw(inputs, output, rng)`` computes that output in one random order. The
+    spread of ε over draws is rule 2's margin there (``tops.precision.margins``).
+    """
+
+    covers: Callable[[Arrays, str], bool]
+    draw: Callable[[Arrays, str, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
 class Op:
-    """An op: its outputs' dtypes, float64 reference, kernel runners and cases."""
+    """An op: its outputs' dtypes, float64 reference, kernel runners, cases and, where the
+    backends share arithmetic, its summation-order model."""
 
     name: str
     output_dtypes: Callable[[Arrays], Mapping[str, str]]
     reference: Callable[[Arrays], Arrays]
     runners: Mapping[str, Callable[[Arrays], Arrays]]
     cases: tuple[Case, ...] = field(default_factory=tuple)
+    order_model: OrderModel | None = None
 
     def case(self, name: str) -> Case:
         for case in self.cases:

@@ -15,19 +15,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tops import backends
-from tops.precision import ledger, runner
+from tops.precision import ledger, margins, runner
 from tops.precision.contract import Measurement, Verdict, rule1, rule2, rule3
 from tops.precision.registry import KERNEL_BACKENDS, ops
 
-COLUMNS = ("op", "case", "output", "modes", "ε_TPU", "ε_GPU", "floor", "rule 1", "rule 2", "rule 3")
+COLUMNS = (
+    "op",
+    "case",
+    "output",
+    "modes",
+    "ε_TPU",
+    "ε_GPU",
+    "floor",
+    "rule 1",
+    "rule 2",
+    "rule-2 margin",
+    "rule 3",
+)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One output of one case across the kernel backends, with its verdicts."""
+    """One output of one case across the kernel backends, with its verdicts and the
+    margin rule 2 used (None where it was not applied)."""
 
     measurements: dict[str, Measurement]
     verdicts: tuple[Verdict, ...]
+    rule2_margin: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,6 +67,7 @@ class Row:
             f"{first.comparison.floor:.3e}",
             labels(1),
             labels(2),
+            "-" if self.rule2_margin is None else f"{self.rule2_margin:.2%}",
             labels(3),
         )
 
@@ -69,10 +84,12 @@ def judge(op_name: str, case_name: str, entries: dict, backends_run: tuple[str, 
         for backend, m in measured.items():
             other = next((o for b, o in measured.items() if b != backend), None)
             verdicts.append(rule1(m, case.tolerance[output], other))
+        margin = None
         if "tpu" in measured and "gpu" in measured:
-            verdicts.append(rule2(measured["tpu"], measured["gpu"]))
+            margin = margins.margin(op_name, case_name, output)
+            verdicts.append(rule2(measured["tpu"], measured["gpu"], margin))
         verdicts += [rule3(m, ledger.baseline(entries, m)) for m in measured.values()]
-        rows.append(Row(measured, tuple(verdicts)))
+        rows.append(Row(measured, tuple(verdicts), margin))
     return rows
 
 
@@ -139,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 "op": row.cells()[0],
                 "case": row.cells()[1],
                 "output": row.cells()[2],
+                "rule2_margin": row.rule2_margin,
                 "verdicts": [
                     {"rule": v.rule, "ok": v.ok, "message": v.message} for v in row.verdicts
                 ],

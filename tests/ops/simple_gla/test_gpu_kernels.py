@@ -1,7 +1,7 @@
 """The Triton chunked simple GLA forward against the float64 reference: the contract's
-shapes, gates, states and varlen layouts, the ALiBi overflow case, the tf32/bf16 operand
-arithmetic and validation (the sm_90 compile of every shipped configuration is in
-tests/ops/test_gpu_compile.py)."""
+shapes, gates, states and varlen layouts, the ALiBi overflow case and validation (the
+tf32/bf16 dot arithmetic is tested in tests/ops/test_gpu_arith.py, the sm_90 compile of
+every shipped configuration in tests/ops/test_gpu_compile.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
 from tops.cpu import simple_gla as reference
-from tops.gpu.simple_gla import chunk_simple_gla, kernel
+from tops.gpu.simple_gla import chunk_simple_gla
 from tops.ops.simple_gla.alibi import FLOAT32_EXP_LIMIT, make_alibi_g_gamma, max_discarded_exponent
 from tops.precision.cases.simple_gla import random_arrays
 from tops.precision.convert import from_torch, to_torch
@@ -201,28 +201,3 @@ def _bad_call(change: str):
 def test_gpu_bad_arguments_raise_value_errors(change, message):
     with pytest.raises(ValueError, match=message):
         _bad_call(change)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gpu_dot_operands_are_rounded_as_tensor_cores_round_them(dtype):
-    """f32 operands are truncated to tf32 (1 + 2**-11 + 2**-12 -> 1; cvt.rna would give
-    1 + 2**-10); bf16 operands multiply exactly (the raw interpreter multiplies bit
-    patterns). Interpreted, this checks the emulation; on a GPU, the claim it emulates."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def dot_kernel(a_ptr, b_ptr, c_ptr, TF32: tl.constexpr):
-        r = tl.arange(0, 16)
-        offs = r[:, None] * 16 + r[None, :]
-        c = kernel._dot(tl.load(a_ptr + offs), tl.load(b_ptr + offs), TF32)
-        tl.store(c_ptr + offs, c)
-
-    device = backends.torch_device()
-    value = 1 + 2.0**-11 + 2.0**-12 if dtype == "float32" else 1.5
-    a = torch.full((16, 16), value, dtype=getattr(torch, dtype), device=device)
-    b = torch.ones((16, 16), dtype=getattr(torch, dtype), device=device)
-    c = torch.empty((16, 16), dtype=torch.float32, device=device)
-    dot_kernel[(1,)](a, b, c, TF32=dtype == "float32")
-    expected = 16.0 if dtype == "float32" else 24.0
-    assert (c.cpu() == expected).all(), c[0, 0].item()

@@ -38,13 +38,13 @@ not recomputed; the intra-chunk matrices are recomputed.
 
 Arithmetic: the forward's (flash-linear-attention's ``chunk_simple_gla`` backward): every
 ``tl.dot`` takes operands in the inputs' precision class with f32 accumulation through
-:func:`tops.gpu.simple_gla.kernel._dot` (bf16 operands for bf16 inputs: the gated, scaled
+:func:`tops.gpu.arith.dot` (bf16 operands for bf16 inputs: the gated, scaled
 queries of the dh pass, ``dh`` itself (stored bf16, like the forward's ``states``) and the
 gated ``ds`` and attention matrices are rounded to bf16 before their dots; tf32 for f32
 inputs, emulated in the interpreter by truncating the operands). The state gradient is
 carried in f32 across chunks; gate terms, exponentials and the ``dg`` sums are f32. Every
 exponent a mask discards (above/below the diagonal, rows past a sequence's end) is zeroed
-before ``tl.exp``.
+before the exponential (:func:`tops.gpu.arith.exp`).
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ import torch
 import triton
 import triton.language as tl
 
+from tops.gpu.arith import dot, exp, pairwise_sum
 from tops.gpu.simple_gla.kernel import (
     BLOCK_K,
     BLOCK_V,
     _chunk_gates,
     _chunk_layout,
     _chunk_rows,
-    _dot,
     _load_rows,
     _load_rows_t,
     _load_state_block,
@@ -147,14 +147,14 @@ def _chunk_dh_kernel(
             G, G_last = _chunk_gates(
                 g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
             )
-            q_gain = scale * tl.exp(tl.where(row_valid, G, 0.0))
+            q_gain = scale * exp(tl.where(row_valid, G, 0.0))
             q_t = (q_t.to(tl.float32) * q_gain[None, :]).to(q_ptr.dtype.element_ty)
-            dh = dh * tl.exp(G_last)
+            dh = dh * exp(G_last)
         else:
             # Upcast first: a bf16 tensor times an f32 scalar is typed bf16, and the
             # interpreter then multiplies the raw bf16 bit patterns (garbage).
             q_t = (q_t.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
-        dh += _dot(q_t, do_c, TF32)
+        dh += dot(q_t, do_c, TF32)
 
     tl.store(dh0_ptr + i_nh.to(tl.int64) * K * V + kv_offs, dh, mask=mask_kv)
 
@@ -233,9 +233,9 @@ def _chunk_dqkg_kernel(
         kv_offs = state_offset + offs_k[:, None].to(tl.int64) * V + offs_v[None, :]
         s = tl.load(states_ptr + kv_offs, mask=kv_mask, other=0.0)
         dh = tl.load(dh_ptr + kv_offs, mask=kv_mask, other=0.0)
-        ds += _dot(do_c, tl.trans(v_c), TF32)
-        dq += _dot(do_c, tl.trans(s), TF32)
-        dk += _dot(v_c, tl.trans(dh), TF32)
+        ds += dot(do_c, tl.trans(v_c), TF32)
+        dq += dot(do_c, tl.trans(s), TF32)
+        dk += dot(v_c, tl.trans(dh), TF32)
         if USE_G or USE_GAMMA:
             state_dot += tl.sum(s.to(tl.float32) * dh.to(tl.float32), axis=1)
 
@@ -250,18 +250,18 @@ def _chunk_dqkg_kernel(
         if USE_GAMMA:
             gamma = tl.load(gamma_ptr + i_h)
         G, G_last = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
-        dq = dq * (scale * tl.exp(tl.where(row_valid, G, 0.0)))[:, None]
-        dk = dk * tl.exp(tl.where(row_valid, G_last - G, 0.0))[:, None]
+        dq = dq * (scale * exp(tl.where(row_valid, G, 0.0)))[:, None]
+        dk = dk * exp(tl.where(row_valid, G_last - G, 0.0))[:, None]
         q_f = q_c.to(tl.float32)
         k_f = k_c.to(tl.float32)
         k_dk_state = tl.sum(k_f * dk, axis=1)
         # Derivative w.r.t. G_L of the exp(G_L) factors of the state leaving the chunk.
-        d_last = tl.sum(state_dot, axis=0) * tl.exp(G_last) + tl.sum(k_dk_state, axis=0)
+        d_last = tl.sum(state_dot, axis=0) * exp(G_last) + tl.sum(k_dk_state, axis=0)
         dG = tl.sum(q_f * dq, axis=1) - k_dk_state
-        ds = ds * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
+        ds = ds * exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
         ds = tl.where(causal, ds * scale, 0.0)
         # ds_ij (q_i . k_j): the intra-chunk terms, + for G_i and - for G_j.
-        ds_qk = ds * _dot(q_c, tl.trans(k_c), TF32)
+        ds_qk = ds * dot(q_c, tl.trans(k_c), TF32)
         dG += tl.sum(ds_qk, axis=1) - tl.sum(ds_qk, axis=0)
         dg_total = tl.cumsum(dG, axis=0, reverse=True) + d_last
         tl.store(
@@ -274,8 +274,8 @@ def _chunk_dqkg_kernel(
         ds = tl.where(causal, ds * scale, 0.0)
 
     ds_op = ds.to(q_ptr.dtype.element_ty)
-    dq += _dot(ds_op, k_c, TF32)
-    dk += _dot(tl.trans(ds_op), q_c, TF32)
+    dq += dot(ds_op, k_c, TF32)
+    dk += dot(tl.trans(ds_op), q_c, TF32)
     tl.store(dq_ptr + qk_offs, dq.to(dq_ptr.dtype.element_ty), mask=qk_mask)
     tl.store(dk_ptr + qk_offs, dk.to(dk_ptr.dtype.element_ty), mask=qk_mask)
 
@@ -335,8 +335,8 @@ def _chunk_dv_kernel(
         k_c = _load_rows(k_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
         q_t = _load_rows_t(q_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
         dh = _load_state_block(dh_base, offs_k, offs_v, V, state_k, mask_v)
-        dv += _dot(k_c, dh, TF32)
-        A += _dot(k_c, q_t, TF32)
+        dv += dot(k_c, dh, TF32)
+        A += dot(k_c, q_t, TF32)
 
     # [j, i]: i >= j
     anticausal = (rows[:, None] <= rows[None, :]) & row_valid[:, None] & row_valid[None, :]
@@ -345,12 +345,12 @@ def _chunk_dv_kernel(
         if USE_GAMMA:
             gamma = tl.load(gamma_ptr + i_h)
         G, G_last = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
-        dv = dv * tl.exp(tl.where(row_valid, G_last - G, 0.0))[:, None]
-        A = A * tl.exp(tl.where(anticausal, G[None, :] - G[:, None], 0.0))
+        dv = dv * exp(tl.where(row_valid, G_last - G, 0.0))[:, None]
+        A = A * exp(tl.where(anticausal, G[None, :] - G[:, None], 0.0))
     A = tl.where(anticausal, A * scale, 0.0)
 
     do_c = _load_rows(do_ptr, tokens, row_valid, i_h, H, V, offs_v, mask_v)
-    dv += _dot(A.to(do_ptr.dtype.element_ty), do_c, TF32)
+    dv += dot(A.to(do_ptr.dtype.element_ty), do_c, TF32)
     _store_rows(dv_ptr, dv, tokens, row_valid, i_h, H, V, offs_v, mask_v)
 
 
@@ -467,11 +467,11 @@ def backward(
 
     dg = dg_gamma = None
     if gated:
-        dg_total = dg_partial.sum(0) if num_k > 1 else dg_partial[0]  # [B * T, H]
+        dg_total = pairwise_sum(dg_partial)  # [B * T, H]
         if g is not None:
             dg = dg_total.view(batch, seq_len, heads)
         if g_gamma is not None:
-            dg_gamma = dg_total.sum(0)
+            dg_gamma = pairwise_sum(dg_total)
     return dq, dk, dv, dg, dg_gamma, dh0
 
 

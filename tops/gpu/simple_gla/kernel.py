@@ -43,12 +43,10 @@ what GPU users run):
   toward zero, not ``cvt.rna`` rounding (triton-lang/triton#4574: Triton's tf32 ``tl.dot``
   only matched cuBLAS once ``cvt.rna.tf32.f32`` was applied to the operands by hand; #9295
   added rounding as an opt-in for TMA descriptors).
-* Faithful interpretation (``TRITON_INTERPRET=1``): the interpreter's ``tl.dot`` is an f32
-  NumPy matmul that ignores ``input_precision`` and multiplies raw bf16 bit patterns, so
-  :func:`_dot` upcasts bf16 operands to f32 (exact: bf16 products are exact in f32) and
-  truncates f32 operands to tf32 (``bits & 0xFFFFE000``) before the dot. What remains
-  different is the f32 accumulation order and ``tl.exp``'s hardware approximation.
-* Exponentials: ``tl.exp`` (natural base) throughout. Every exponent that is a gate
+* Dots and exponentials go through :mod:`tops.gpu.arith` (``tl.dot``/``tl.exp`` on a GPU),
+  which under the interpreter forms the tensor cores' exact bf16/tf32 products, sums them
+  in a stated float32 order and evaluates ``exp`` the same way on every host.
+* Exponentials: natural base throughout. Every exponent that is a gate
   difference is masked before the exponential, ``exp(where(mask, G_i - G_j, 0))``, so no
   masked-out (upper-triangle or past-the-end) difference can overflow to ``inf`` and meet a
   zero (``inf * 0 = NaN``). ALiBi gates at chunk 128 reach ``G_i - G_j > 88.7`` above the
@@ -63,13 +61,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tops.backends import triton_interprets
+from tops.gpu.arith import dot, exp
 from tops.spec.simple_gla import CHUNK_SIZES
-
-# The interpreter's tl.dot is a float32 NumPy matmul: :func:`_dot` then rounds the operands
-# as the tensor cores would. Triton reads TRITON_INTERPRET when a kernel is defined, and
-# tops.backends.configure_triton sets it before this module is imported.
-_INTERPRETED = tl.constexpr(triton_interprets())
 
 # Blocks of the key and value dims: every K and V is covered by masked 64-wide blocks.
 BLOCK_K = 64
@@ -109,27 +102,6 @@ def kernel_flags(chunk_size: int, use_g: bool, use_gamma: bool, tf32: bool) -> d
         "USE_GAMMA": use_gamma,
         "TF32": tf32,
     }
-
-
-@triton.jit
-def _dot(a, b, TF32: tl.constexpr):
-    """``a @ b`` with f32 accumulation: bf16 operands, or f32 operands as tf32.
-
-    Interpreted, bf16 operands are upcast (exact) and f32 operands truncated to tf32, the
-    arithmetic of the tensor cores; the interpreter's matmul itself is f32.
-    """
-    if _INTERPRETED:
-        if TF32:
-            a = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-            b = (b.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        else:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        return tl.dot(a, b, input_precision="ieee", out_dtype=tl.float32)
-    elif TF32:
-        return tl.dot(a, b, input_precision="tf32", out_dtype=tl.float32)
-    else:
-        return tl.dot(a, b, out_dtype=tl.float32)
 
 
 @triton.jit
@@ -333,10 +305,10 @@ def _chunk_states_kernel(
             G, G_last = _chunk_gates(
                 g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
             )
-            decay_to_end = tl.exp(tl.where(row_valid, G_last - G, 0.0))
+            decay_to_end = exp(tl.where(row_valid, G_last - G, 0.0))
             v_c = (v_c * decay_to_end[:, None]).to(v_ptr.dtype.element_ty)
-            h = h * tl.exp(G_last)
-        h += _dot(k_t, v_c, TF32)
+            h = h * exp(G_last)
+        h += dot(k_t, v_c, TF32)
 
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + kv_offs, h, mask=mask_kv)
 
@@ -399,8 +371,8 @@ def _chunk_output_kernel(
         q_c = _load_rows(q_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
         k_t = _load_rows_t(k_ptr, tokens, row_valid, i_h, H, K, offs_k, mask_k)
         s = _load_state_block(state_base, offs_k, offs_v, V, state_k, mask_v)
-        o += _dot(q_c, s, TF32)
-        A += _dot(q_c, k_t, TF32)
+        o += dot(q_c, s, TF32)
+        A += dot(q_c, k_t, TF32)
 
     causal = (rows[:, None] >= rows[None, :]) & row_valid[:, None] & row_valid[None, :]
     if USE_G or USE_GAMMA:
@@ -408,12 +380,12 @@ def _chunk_output_kernel(
         if USE_GAMMA:
             gamma = tl.load(gamma_ptr + i_h)
         G, _ = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
-        o = o * tl.exp(tl.where(row_valid, G, 0.0))[:, None]
-        A = A * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
+        o = o * exp(tl.where(row_valid, G, 0.0))[:, None]
+        A = A * exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
     A = tl.where(causal, A, 0.0)
 
     v_c = _load_rows(v_ptr, tokens, row_valid, i_h, H, V, offs_v, mask_v)
-    o = o * scale + _dot(A.to(v_ptr.dtype.element_ty), v_c, TF32) * scale
+    o = o * scale + dot(A.to(v_ptr.dtype.element_ty), v_c, TF32) * scale
     _store_rows(o_ptr, o, tokens, row_valid, i_h, H, V, offs_v, mask_v)
 
 

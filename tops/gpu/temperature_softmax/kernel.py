@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tops.gpu.arith import exp2
 from tops.gpu.exact import upcast
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
 
@@ -137,7 +138,7 @@ def _single_pass_kernel(
     first_max = tl.min(tl.where((xm == m) & mask, offs, BLOCK_V), axis=0)
 
     z = _exponent(x, m, c)
-    e = tl.exp2(z)
+    e = exp2(z)
     s = tl.sum(e, axis=0)
     inv = tl.math.div_rn(1.0, tl.where(s > 0.0, s, 1.0))
     p = e * inv
@@ -200,7 +201,7 @@ def _multi_pass_kernel(
         alpha = tl.maximum(d, -_FLT_MAX) * c
         alpha = tl.where(m_new == float("inf"), float("-inf"), alpha)
         alpha = tl.where((m_run == m_new) | (m_run == float("-inf")), 0.0, alpha)
-        s_run = s_run * tl.exp2(alpha) + tl.sum(tl.exp2(_exponent(x, m_new, c)), axis=0)
+        s_run = s_run * exp2(alpha) + tl.sum(exp2(_exponent(x, m_new, c)), axis=0)
         m_run = m_new
 
     special_nan = t_bad | (nan_run > 0)
@@ -210,7 +211,7 @@ def _multi_pass_kernel(
         offs = start + chunk
         mask = offs < V
         x = upcast(tl.load(x_row + offs, mask=mask, other=float("-inf")))
-        p = tl.exp2(_exponent(x, m_run, c)) * inv
+        p = exp2(_exponent(x, m_run, c)) * inv
         p = _special_rows(p, offs, arg_run, greedy, zero_row, special_nan)
         tl.store(out_row + offs, p, mask=mask)
 

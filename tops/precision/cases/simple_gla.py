@@ -21,6 +21,10 @@ grid: ε_GPU up to 8.2e-3 (bf16 ``o``), 3.3e-3 (bf16 ``final_state``), 1.5e-3 (f
 8.2e-4 (f32 ``final_state``); the TPU kernel (f32 operands at HIGHEST, double-float gate
 sums) is at the bf16 floor for bf16 ``o`` and within 12x of the float32 floor otherwise
 (ε_TPU <= 3.2e-7).
+
+Rule 2: with bf16 inputs and no gate both kernels compute ``final_state`` as float32 sums
+of exact products ``k_t^T v_t``, differing only in order; its margin there is derived from
+the order model (``tops.precision.cases.summation_order``, ``tops.precision.margins``).
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import math
 
 import numpy as np
 
+from tops.precision.cases.summation_order import chunked_outer_sum
 from tops.precision.metrics import numpy_dtype
-from tops.precision.registry import Arrays, Case, Op
+from tops.precision.registry import Arrays, Case, Op, OrderModel
 
 SLOW_TOKEN_HEADS = 8192
 GATES = ("g", "g_gamma", "both", "none")
@@ -282,10 +287,34 @@ def _cases() -> tuple[Case, ...]:
     return tuple(grid)
 
 
+def ungated_bfloat16(inputs: Arrays) -> bool:
+    """bf16 inputs and no gate: every state update is a sum of exact products ``k_t^T v_t``
+    (both kernels upcast or keep bf16 operands and accumulate in float32)."""
+    return inputs["k"].dtype == numpy_dtype("bfloat16") and not {"g", "g_gamma"} & inputs.keys()
+
+
+def _same_arithmetic(inputs: Arrays, output: str) -> bool:
+    return output == "final_state" and ungated_bfloat16(inputs)
+
+
+def _draw_order(inputs: Arrays, output: str, rng: np.random.Generator) -> np.ndarray:
+    """``final_state = h0 + sum_t k_t^T v_t`` in one random order within each chunk."""
+    return chunked_outer_sum(
+        inputs["k"],
+        inputs["v"],
+        inputs.get("initial_state"),
+        chunk_size=int(inputs["chunk_size"]),
+        cu_seqlens=inputs.get("cu_seqlens"),
+        reverse=False,
+        rng=rng,
+    )
+
+
 OP = Op(
     name="simple_gla",
     output_dtypes=_output_dtypes,
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
+    order_model=OrderModel(covers=_same_arithmetic, draw=_draw_order),
 )

@@ -59,6 +59,10 @@ Measured (interpret modes, every case): GPU ``dq, dk, dv`` 6.0e-3 to 6.6e-3 (bf1
 floor 1.65e-3) and 1.1e-3 to 1.5e-3 (f32, tf32); ``dh0`` <= 3.6e-3 (bf16 inputs) and
 <= 7.8e-4 (f32); ``dg`` <= 2.4e-3 / 1.5e-3; ``dg_gamma`` <= 3.7e-3 / 1.1e-3. TPU (f32
 HIGHEST): bf16 ``dq, dk, dv`` at the bf16 floor, every other ε <= 3.5e-7.
+
+Rule 2: with bf16 inputs, no gate and a power-of-two scale, both kernels compute ``dh0``
+as float32 sums of exact products ``scale q_t^T do_t``, differing only in order; its
+margin there is derived from the order model (``tops.precision.margins``).
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ import math
 import numpy as np
 
 from tops.precision.cases import simple_gla as forward
-from tops.precision.registry import Arrays, Case, Op
+from tops.precision.cases.summation_order import chunked_outer_sum
+from tops.precision.registry import Arrays, Case, Op, OrderModel
 
 # A backward costs the interpreters about three forwards: cases over this many token-heads
 # (T = 1000 and the varlen layouts up to T = 2048, besides T = 4096) run with -m slow.
@@ -324,10 +329,40 @@ def _cases() -> tuple[Case, ...]:
     return tuple(grid)
 
 
+def _scale(inputs: Arrays) -> float:
+    return float(inputs["scale"]) if "scale" in inputs else inputs["q"].shape[-1] ** -0.5
+
+
+def _same_arithmetic(inputs: Arrays, output: str) -> bool:
+    """``dh0`` of ungated bf16 cases whose scale is a power of two: the GPU rounds
+    ``scale q`` to bf16 before its matmul, the TPU scales the float32 chunk sum, and both
+    are exact only then (``K ** -0.5`` at K = 128, or scale 0.1, are not)."""
+    return (
+        output == "dh0"
+        and forward.ungated_bfloat16(inputs)
+        and math.frexp(_scale(inputs))[0] == 0.5
+    )
+
+
+def _draw_order(inputs: Arrays, output: str, rng: np.random.Generator) -> np.ndarray:
+    """``dh0 = dht + sum_t scale q_t^T do_t`` in one random order within each chunk, the
+    chunks from the last."""
+    return chunked_outer_sum(
+        _scale(inputs) * inputs["q"].astype(np.float64),
+        inputs["do"],
+        inputs.get("dht"),
+        chunk_size=int(inputs["chunk_size"]),
+        cu_seqlens=inputs.get("cu_seqlens"),
+        reverse=True,
+        rng=rng,
+    )
+
+
 OP = Op(
     name="simple_gla_grad",
     output_dtypes=_output_dtypes,
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
+    order_model=OrderModel(covers=_same_arithmetic, draw=_draw_order),
 )
