@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from tops.backends import tpu_mode
-from tops.compile_only import lower_for_tpu
 from tops.cpu import sampling as ref
 from tops.ops import sampling as ops
 from tops.ops.sampling import kernel
@@ -575,11 +574,3 @@ def test_tpu_under_the_checked_interpreter(monkeypatch, max_k):
     x = _rows(rng, 11, 300).astype(np.float32)
     params = _mixed_parameters(rng, 11, 300, max_k)
     _check(x, params, max_k)
-
-
-@pytest.mark.parametrize(
-    ("fn", "shapes"),
-    [pytest.param(fn, shapes, id=f"tpu-{name}") for name, fn, shapes in kernel.lowering_configs()],
-)
-def test_tpu_lowers_to_mosaic(fn, shapes):
-    assert "tpu_custom_call" in lower_for_tpu(fn, *shapes)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from tops.backends import pallas_interpret
-from tops.compile_only import lower_for_tpu
 from tops.cpu import simple_gla as reference
 from tops.ops.simple_gla import chunk_simple_gla, kernel, make_alibi_g_gamma
 from tops.ops.simple_gla.alibi import FLOAT32_EXP_LIMIT, max_discarded_exponent
@@ -273,11 +272,3 @@ def test_tpu_rejects_bad_arguments(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         chunk_simple_gla(**args)
-
-
-@pytest.mark.parametrize(
-    ("fn", "shapes"),
-    [pytest.param(fn, shapes, id=f"tpu_{name}") for name, fn, shapes in kernel.lowering_configs()],
-)
-def test_tpu_lowers_to_mosaic(fn, shapes):
-    assert "tpu_custom_call" in lower_for_tpu(fn, *shapes)

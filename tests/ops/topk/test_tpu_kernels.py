@@ -296,15 +296,7 @@ def test_tpu_under_the_checked_interpreter(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------
-# Lowering.
-
-
-@pytest.mark.parametrize(
-    ("fn", "shapes"),
-    [pytest.param(fn, shapes, id=f"tpu-{name}") for name, fn, shapes in kernel.lowering_configs()],
-)
-def test_tpu_lowers_to_mosaic(fn, shapes):
-    assert "tpu_custom_call" in lower_for_tpu(fn, *shapes)
+# The sort path (the kernel configurations compile in tests/ops/test_tpu_compile.py).
 
 
 def test_tpu_sort_path_exports_for_tpu():

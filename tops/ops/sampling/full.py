@@ -31,8 +31,10 @@ kernel in one ``(R, 128)`` block; the debug arrays are rebuilt from them in the 
 
 VMEM (per block): the input rows double-buffered, ``2 R Vp itemsize``, plus the int32
 weights ``R Vp 4``: at ``V = 2**18``, 16 + 8 = 24 MiB for float32 (R = 8) and 16 + 16 =
-32 MiB for bf16/f16 (R = 16), inside the 64 MiB of the smallest current TPU core;
-``vmem_limit_bytes`` is set to that plus 8 MiB.
+32 MiB for bf16/f16 (R = 16), inside the 64 MiB of v5p, the smallest of the supported
+chips (``tops.compile_only.TPU_CHIPS``; the compiler used 24.1 MiB for bf16 on v6e);
+``vmem_limit_bytes`` is set to that plus 8 MiB. v4 (16 MiB) is not supported: the row
+would have to stream through VMEM instead.
 
 Cost: walks over the VMEM-resident rows, ``b = ceil(log2 Vp)`` (17 at V = 128256): 32 + 1
 + b (top-k) + 1 (weights) + 31 (top-p) + 1 (``S'``) + b (token) = 100 with top-k and
@@ -52,6 +54,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from tops.ops.half import kernel_operand, to_float32
 from tops.ops.sampling.kernel import (
     LANES,
     PARAMS,
@@ -167,7 +170,7 @@ def _full_kernel(params_ref, stats_ref, x_ref, row_ref, q_ref, *, batch, vocab, 
             col0 = pl.multiple_of(c * chunk, chunk)
             key, index, x = chunk_keys(x_ref, chunk, col0, vocab)
             kept = ((key > kth) | ((key == kth) & (index <= cutoff))) & (index < vocab)
-            q = jnp.where(kept, quantize(x.astype(jnp.float32), stats.m, s), 0)
+            q = jnp.where(kept, quantize(to_float32(x), stats.m, s), 0)
             q_ref[:, pl.ds(col0, chunk)] = q
             return limb_add_where(acc, True, q)
 
@@ -240,4 +243,4 @@ def sample_rows(logits, params, stats, *, interpret, debug=True):
             dimension_semantics=("parallel",), vmem_limit_bytes=vmem
         ),
         interpret=interpret,
-    )(params, stats, logits)
+    )(params, stats, kernel_operand(logits))

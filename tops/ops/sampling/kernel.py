@@ -54,6 +54,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from tops.ops.half import kernel_operand, to_float32
 from tops.ops.topk.kernel import EMPTY_KEY, sortable_key
 from tops.spec.sampling import (
     EXP_COEFFICIENTS,
@@ -399,7 +400,7 @@ def _stats_kernel(x_ref, out_ref, key_acc, index_acc, flag_acc, *, vocab, chunk)
         best_key, best_index, flags = carry
         col0 = pl.multiple_of(c * chunk, chunk)
         key, index, x = chunk_keys(x_ref, chunk, col0, vocab - j * block)
-        x = x.astype(jnp.float32)
+        x = to_float32(x)
         real = index < vocab - j * block
         better = key > best_key  # lanes see increasing indices: strict keeps the first
         flags = (
@@ -458,7 +459,7 @@ def row_stats(logits, *, interpret):
         scratch_shapes=[pltpu.VMEM((rows, chunk), jnp.int32)] * 3,
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=interpret,
-    )(logits)
+    )(kernel_operand(logits))
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,7 +484,7 @@ def _weights_kernel(params_ref, stats_ref, x_ref, out_ref, *, vocab, chunk):
     def body(c, carry):
         col0 = pl.multiple_of(c * chunk, chunk)
         index = col_base + col0 + lax.broadcasted_iota(jnp.int32, (rows, chunk), 1)
-        x = x_ref[:, pl.ds(col0, chunk)].astype(jnp.float32)
+        x = to_float32(x_ref[:, pl.ds(col0, chunk)])
         q = quantize(x, stats.m, s)
         one_hot = jnp.where(index == stats.greedy, PROB_ONE, 0)
         q = jnp.where(params.greedy_row, one_hot, q)
@@ -512,43 +513,23 @@ def integer_weights_from_stats(logits, params, stats, *, interpret):
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.int32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
         interpret=interpret,
-    )(params, stats, logits)
+    )(params, stats, kernel_operand(logits))
 
 
 # ---------------------------------------------------------------------------------------
 # Shipped configurations.
 
 
-def lowering_configs() -> list[tuple[str, object, tuple]]:
+def tpu_configs() -> list[tuple[str, object, tuple]]:
     """Every shipped Pallas configuration as ``(name, fn, shape_structs)`` for the TPU
-    lowering check, through the public wrappers, for each logits dtype: the arbitrary-k
+    compile check, through the public wrappers, for each logits dtype: the arbitrary-k
     path at ``V = 1`` (one chunk), 1000 (a partial chunk), 128256 and ``2**18`` (the
     widest rows, the largest VMEM footprint), with and without ``debug``; the bounded-k
     path at ``max_k = 1, 64, 256`` (``V = 50257``, ``1000`` and ``2**18``); and
     ``integer_weights`` at ``V = 1000`` and ``2**18`` (several vocabulary blocks).
     ``B = 13`` leaves a partial row block; every parameter is a per-row array."""
-    from tops.ops.sampling import integer_weights, sample
+    from tops.ops.sampling import integer_weights
 
-    def sampler(max_k, debug):
-        def fn(x, temperature, top_k, top_p, min_p, seed, step):
-            return sample(
-                x,
-                temperature=temperature,
-                seed=seed,
-                step=step,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                max_k=max_k,
-                debug=debug,
-            )
-
-        return fn
-
-    batch = 13
-    f32 = jax.ShapeDtypeStruct((batch,), jnp.float32)
-    i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    u32 = jax.ShapeDtypeStruct((batch,), jnp.uint32)
     configs = []
     for dtype in ("bfloat16", "float16", "float32"):
         for vocab, max_k, debug in (
@@ -562,11 +543,47 @@ def lowering_configs() -> list[tuple[str, object, tuple]]:
             (1000, 256, True),
             (2**18, 256, False),
         ):
-            x = jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype))
-            path = "full" if max_k is None else f"bounded{max_k}"
-            name = f"sample_{path}_{dtype}_V{vocab}" + ("_debug" if debug else "")
-            configs.append((name, sampler(max_k, debug), (x, f32, i32, f32, f32, u32, i32)))
+            configs.append(_sample_config(13, vocab, dtype, max_k, debug))
         for vocab in (1000, 2**18):
-            x = jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype))
+            x = jax.ShapeDtypeStruct((13, vocab), jnp.dtype(dtype))
+            f32 = jax.ShapeDtypeStruct((13,), jnp.float32)
             configs.append((f"integer_weights_{dtype}_V{vocab}", integer_weights, (x, f32)))
     return configs
+
+
+def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+    """The production shapes, both paths (arbitrary-k, bounded ``max_k = 64``) without
+    ``debug``: ``B`` in {16, 128} x ``V`` in {128256, 151936, 201088, 262144}, bf16 and
+    f32."""
+    return [
+        _sample_config(batch, vocab, dtype, max_k, False)
+        for batch in (16, 128)
+        for vocab in (128256, 151936, 201088, 262144)
+        for dtype in ("bfloat16", "float32")
+        for max_k in (None, 64)
+    ]
+
+
+def _sample_config(batch, vocab, dtype, max_k, debug):
+    from tops.ops.sampling import sample
+
+    def fn(x, temperature, top_k, top_p, min_p, seed, step):
+        return sample(
+            x,
+            temperature=temperature,
+            seed=seed,
+            step=step,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            max_k=max_k,
+            debug=debug,
+        )
+
+    f32 = jax.ShapeDtypeStruct((batch,), jnp.float32)
+    i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    u32 = jax.ShapeDtypeStruct((batch,), jnp.uint32)
+    x = jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype))
+    path = "full" if max_k is None else f"bounded{max_k}"
+    name = f"sample_{path}_{dtype}_B{batch}_V{vocab}" + ("_debug" if debug else "")
+    return name, fn, (x, f32, i32, f32, f32, u32, i32)

@@ -502,99 +502,121 @@ def forward(
     return o, final_state, states
 
 
-def lowering_configs() -> list[tuple[str, object, tuple]]:
-    """Every shipped configuration as ``(name, fn, shape_structs)`` for the TPU lowering
+def tpu_configs() -> list[tuple[str, object, tuple]]:
+    """Every shipped configuration as ``(name, fn, shape_structs)`` for the TPU compile
     check, through the public wrapper: chunk 64 and 128, bf16 and f32, each gate
     combination, with and without initial and final states, varlen, and K/V that need
     padding or several value tiles (V = 512: two of 256 lanes, V = 600: five of 128);
     ``T = 100`` leaves a partial last chunk, ``T = 1`` is decoding. Each configuration
     also appears as ``<name>_grad``: ``jax.vjp`` through the wrapper with cotangents for
-    ``o`` (and the final state), which lowers the saving forward and the backward kernel
+    ``o`` (and the final state), which compiles the saving forward and the backward kernel
     (``backward.py``; V = 600 and V = 512 give partial ``dq, dk`` per value tile)."""
-    from tops.ops.simple_gla import chunk_simple_gla
-
-    def struct(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-
     configs = []
-
-    def add(name, *, dtype, batch, seq_len, key_dim, value_dim, chunk, gate, h0, ht, cu=None):
-        heads = 2
-        num_states = batch if cu is None else cu - 1
-        names = ["q", "k", "v"]
-        shapes = [
-            struct((batch, seq_len, heads, key_dim), dtype),
-            struct((batch, seq_len, heads, key_dim), dtype),
-            struct((batch, seq_len, heads, value_dim), dtype),
-        ]
-        if gate in ("g", "both"):
-            names.append("g")
-            shapes.append(struct((batch, seq_len, heads), "float32"))
-        if gate in ("g_gamma", "both"):
-            names.append("g_gamma")
-            shapes.append(struct((heads,), "float32"))
-        if h0:
-            names.append("initial_state")
-            shapes.append(struct((num_states, heads, key_dim, value_dim), "float32"))
-        if cu is not None:
-            names.append("cu_seqlens")
-            shapes.append(struct((cu,), "int32"))
-
-        def fn(q, k, v, *rest):
-            arrays = dict(zip(names[3:], rest, strict=True))
-            return chunk_simple_gla(q, k, v, **arrays, output_final_state=ht, chunk_size=chunk)
-
-        configs.append((name, fn, tuple(shapes)))
-
-        def grad_fn(*args):
-            primals, cotangents = args[: len(names)], args[len(names) :]
-            cu_seqlens = primals[-1] if cu is not None else None
-            differentiable = primals[:-1] if cu is not None else primals
-
-            def primal(*xs):
-                arrays = dict(zip(names, xs, strict=False))
-                return chunk_simple_gla(
-                    **arrays, cu_seqlens=cu_seqlens, output_final_state=ht, chunk_size=chunk
-                )
-
-            _, pullback = jax.vjp(primal, *differentiable)
-            return pullback((cotangents[0], cotangents[1] if ht else None))
-
-        cotangent_shapes = [struct((batch, seq_len, heads, value_dim), dtype)]
-        if ht:
-            cotangent_shapes.append(struct((num_states, heads, key_dim, value_dim), "float32"))
-        configs.append((name + "_grad", grad_fn, (*shapes, *cotangent_shapes)))
-
     for dtype in ("bfloat16", "float32"):
         for chunk in (64, 128):
             for gate in ("g", "g_gamma", "both", "none"):
-                add(
+                configs += _config(
                     f"{dtype}_C{chunk}_{gate}_T100_K128_V128_h0_hT",
                     dtype=dtype, batch=2, seq_len=100, key_dim=128, value_dim=128,
                     chunk=chunk, gate=gate, h0=True, ht=True,
                 )  # fmt: skip
-            add(
+            configs += _config(
                 f"{dtype}_C{chunk}_both_T300_K100_V64_varlen4_h0_hT",
                 dtype=dtype, batch=1, seq_len=300, key_dim=100, value_dim=64,
                 chunk=chunk, gate="both", h0=True, ht=True, cu=5,
             )  # fmt: skip
-            add(
+            configs += _config(
                 f"{dtype}_C{chunk}_g_T1_K64_V600_h0_hT",
                 dtype=dtype, batch=3, seq_len=1, key_dim=64, value_dim=600,
                 chunk=chunk, gate="g", h0=True, ht=True,
             )  # fmt: skip
-            add(
+            configs += _config(
                 f"{dtype}_C{chunk}_g_gamma_T256_K256_V512_o_only",
                 dtype=dtype, batch=1, seq_len=256, key_dim=256, value_dim=512,
                 chunk=chunk, gate="g_gamma", h0=False, ht=False,
             )  # fmt: skip
-            add(
+            configs += _config(
                 f"{dtype}_C{chunk}_none_T129_K128_V100_varlen2_o_only",
                 dtype=dtype, batch=1, seq_len=129, key_dim=128, value_dim=100,
                 chunk=chunk, gate="none", h0=False, ht=False, cu=3,
             )  # fmt: skip
             configs += _saved_states_configs(dtype, chunk)
     return configs
+
+
+def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+    """The production shapes, forward and ``_grad``, bf16, gate ``g``, chunk 64 and 128:
+    ``(B, T, H, K = V)`` = (1, 8192, 16, 128), (4, 4096, 32, 128), (8, 2048, 32, 256),
+    and varlen: four sequences packed in (1, 8192, 16, 128)."""
+    configs = []
+    for chunk in (64, 128):
+        for batch, seq_len, heads, dim, cu in (
+            (1, 8192, 16, 128, None),
+            (4, 4096, 32, 128, None),
+            (8, 2048, 32, 256, None),
+            (1, 8192, 16, 128, 5),
+        ):
+            varlen = "" if cu is None else f"_varlen{cu - 1}"
+            configs += _config(
+                f"bfloat16_C{chunk}_g_B{batch}_T{seq_len}_H{heads}_K{dim}_V{dim}{varlen}",
+                dtype="bfloat16", batch=batch, seq_len=seq_len, heads=heads, key_dim=dim,
+                value_dim=dim, chunk=chunk, gate="g", h0=False, ht=True, cu=cu,
+            )  # fmt: skip
+    return configs
+
+
+def _config(
+    name, *, dtype, batch, seq_len, key_dim, value_dim, chunk, gate, h0, ht, cu=None, heads=2
+):
+    """The forward ``name`` and its ``name_grad`` (``jax.vjp`` with cotangents for ``o``
+    and, with ``ht``, the final state) through ``chunk_simple_gla``."""
+    from tops.ops.simple_gla import chunk_simple_gla
+
+    def struct(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+    num_states = batch if cu is None else cu - 1
+    names = ["q", "k", "v"]
+    shapes = [
+        struct((batch, seq_len, heads, key_dim), dtype),
+        struct((batch, seq_len, heads, key_dim), dtype),
+        struct((batch, seq_len, heads, value_dim), dtype),
+    ]
+    if gate in ("g", "both"):
+        names.append("g")
+        shapes.append(struct((batch, seq_len, heads), "float32"))
+    if gate in ("g_gamma", "both"):
+        names.append("g_gamma")
+        shapes.append(struct((heads,), "float32"))
+    if h0:
+        names.append("initial_state")
+        shapes.append(struct((num_states, heads, key_dim, value_dim), "float32"))
+    if cu is not None:
+        names.append("cu_seqlens")
+        shapes.append(struct((cu,), "int32"))
+
+    def fn(q, k, v, *rest):
+        arrays = dict(zip(names[3:], rest, strict=True))
+        return chunk_simple_gla(q, k, v, **arrays, output_final_state=ht, chunk_size=chunk)
+
+    def grad_fn(*args):
+        primals, cotangents = args[: len(names)], args[len(names) :]
+        cu_seqlens = primals[-1] if cu is not None else None
+        differentiable = primals[:-1] if cu is not None else primals
+
+        def primal(*xs):
+            arrays = dict(zip(names, xs, strict=False))
+            return chunk_simple_gla(
+                **arrays, cu_seqlens=cu_seqlens, output_final_state=ht, chunk_size=chunk
+            )
+
+        _, pullback = jax.vjp(primal, *differentiable)
+        return pullback((cotangents[0], cotangents[1] if ht else None))
+
+    cotangent_shapes = [struct((batch, seq_len, heads, value_dim), dtype)]
+    if ht:
+        cotangent_shapes.append(struct((num_states, heads, key_dim, value_dim), "float32"))
+    return [(name, fn, tuple(shapes)), (name + "_grad", grad_fn, (*shapes, *cotangent_shapes))]
 
 
 def _saved_states_configs(dtype, chunk) -> list[tuple[str, object, tuple]]:

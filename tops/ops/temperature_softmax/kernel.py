@@ -35,6 +35,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from tops.ops.double_float import add_dd, div_dd_to_f32, exp_dd, mul_dd, two_prod, two_sum
+from tops.ops.half import kernel_operand, to_float32
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
 
 LANES = 128
@@ -103,7 +104,7 @@ def _load_slice(x_ref, index, col0, vocab):
     ``x`` has NaN replaced by ``-inf``.
     """
     start = pl.multiple_of(index * LANES, LANES)
-    x = x_ref[:, pl.ds(start, LANES)].astype(jnp.float32)
+    x = to_float32(x_ref[:, pl.ds(start, LANES)])
     cols = col0 + start + lax.broadcasted_iota(jnp.int32, x.shape, 1)
     x = jnp.where(cols < vocab, x, -jnp.inf)
     is_nan = jnp.isnan(x)
@@ -111,7 +112,10 @@ def _load_slice(x_ref, index, col0, vocab):
 
 
 def _block_max(x_ref, n_slices, col0, vocab, lane_max, lane_arg, lane_nan):
-    """Fold a block into the per-lane max, first arg-max and NaN flag, all ``(R, 128)``."""
+    """Fold a block into the per-lane max, first arg-max and NaN flag, all ``(R, 128)``.
+
+    The NaN flag is int32 (0 or 1): Mosaic cannot carry a boolean vector through a loop.
+    """
 
     def body(index, carry):
         lane_max, lane_arg, lane_nan = carry
@@ -120,7 +124,7 @@ def _block_max(x_ref, n_slices, col0, vocab, lane_max, lane_arg, lane_nan):
         return (
             jnp.where(better, x, lane_max),
             jnp.where(better, cols, lane_arg),
-            lane_nan | is_nan,
+            lane_nan | is_nan.astype(jnp.int32),
         )
 
     return lax.fori_loop(0, n_slices, body, (lane_max, lane_arg, lane_nan))
@@ -152,7 +156,7 @@ def _combine_lanes(lane_max, lane_arg, lane_nan, acc_hi, acc_lo, row):
             sum_hi, sum_lo, pltpu.roll(sum_hi, shift, 1), pltpu.roll(sum_lo, shift, 1)
         )
     row_arg = jnp.min(jnp.where(lane_max == row_max, lane_arg, _INT_MAX), axis=1, keepdims=True)
-    row_nan = jnp.max(lane_nan.astype(jnp.int32), axis=1, keepdims=True) > 0
+    row_nan = jnp.max(lane_nan, axis=1, keepdims=True) > 0
     shape = lane_max.shape
     return (
         jnp.broadcast_to(row_max, shape),
@@ -196,7 +200,7 @@ def _initial_lane_state(rows):
     return (
         jnp.full(shape, -jnp.inf, jnp.float32),
         jnp.zeros(shape, jnp.int32),
-        jnp.zeros(shape, jnp.bool_),
+        jnp.zeros(shape, jnp.int32),
     )
 
 
@@ -244,7 +248,7 @@ def single_pass(logits, temperature_col, *, interpret):
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
         interpret=interpret,
-    )(temperature_col, logits)
+    )(temperature_col, kernel_operand(logits))
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,7 +288,7 @@ def _stats_kernel(
         lane_max, lane_arg, lane_nan = _initial_lane_state(rows)
         lane_max_ref[...] = lane_max
         lane_arg_ref[...] = lane_arg
-        lane_nan_ref[...] = lane_nan.astype(jnp.int32)
+        lane_nan_ref[...] = lane_nan
         acc_hi_ref[...] = jnp.zeros((rows, LANES), jnp.float32)
         acc_lo_ref[...] = jnp.zeros((rows, LANES), jnp.float32)
 
@@ -296,13 +300,13 @@ def _stats_kernel(
         vocab,
         old_max,
         lane_arg_ref[...],
-        lane_nan_ref[...] > 0,
+        lane_nan_ref[...],
     )
     acc = _rescale(acc_hi_ref[...], acc_lo_ref[...], old_max, lane_max, row)
     acc_hi, acc_lo = _block_sum(x_ref, block_v // LANES, j * block_v, vocab, lane_max, row, *acc)
     lane_max_ref[...] = lane_max
     lane_arg_ref[...] = lane_arg
-    lane_nan_ref[...] = lane_nan.astype(jnp.int32)
+    lane_nan_ref[...] = lane_nan
     acc_hi_ref[...] = acc_hi
     acc_lo_ref[...] = acc_lo
 
@@ -368,7 +372,7 @@ def two_pass(logits, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
         ],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=interpret,
-    )(temperature_col, logits)
+    )(temperature_col, kernel_operand(logits))
     return pl.pallas_call(
         functools.partial(_normalize_kernel, vocab=vocab),
         grid=grid,
@@ -377,23 +381,42 @@ def two_pass(logits, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
         interpret=interpret,
-    )(temperature_col, *stats, logits)
+    )(temperature_col, *stats, kernel_operand(logits))
 
 
-def lowering_configs() -> list[tuple[str, object, tuple]]:
+def tpu_configs() -> list[tuple[str, object, tuple]]:
     """Every shipped kernel configuration as ``(name, fn, shape_structs)`` for the TPU
-    lowering check: each logits dtype, through the public wrapper, at vocabularies that
+    compile check: each logits dtype, through the public wrapper, at vocabularies that
     pick the narrowest, a partial and the widest single-pass block and the two-pass path
-    with a partial last block; ``B = 13`` leaves a partial row block."""
-    from tops.ops.temperature_softmax import temperature_softmax
-
+    with a partial last block, per-row temperatures; ``B = 13`` leaves a partial row
+    block. One scalar-temperature configuration per path."""
     configs = []
     for dtype in ("bfloat16", "float16", "float32"):
         for vocab in (1, 50257 % SINGLE_PASS_MAX_V, SINGLE_PASS_MAX_V, 50257, 262144):
-            path = "single" if vocab <= SINGLE_PASS_MAX_V else "two_pass"
-            shapes = (
-                jax.ShapeDtypeStruct((13, vocab), jnp.dtype(dtype)),
-                jax.ShapeDtypeStruct((13,), jnp.float32),
-            )
-            configs.append((f"{path}_{dtype}_V{vocab}", temperature_softmax, shapes))
+            configs.append(_config(13, vocab, dtype, per_row=True))
+    configs += [_config(13, vocab, "bfloat16", per_row=False) for vocab in (1000, 50257)]
     return configs
+
+
+def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+    """The production shapes: ``B`` in {1, 32, 256} x ``V`` in {128256, 151936, 201088,
+    262144}, bf16 and f32 logits, per-row and scalar temperature."""
+    return [
+        _config(batch, vocab, dtype, per_row=per_row)
+        for batch in (1, 32, 256)
+        for vocab in (128256, 151936, 201088, 262144)
+        for dtype in ("bfloat16", "float32")
+        for per_row in (True, False)
+    ]
+
+
+def _config(batch, vocab, dtype, *, per_row):
+    from tops.ops.temperature_softmax import temperature_softmax
+
+    path = "single" if row_width(vocab) <= SINGLE_PASS_MAX_V else "two_pass"
+    temperature = "per_row" if per_row else "scalar"
+    shapes = (
+        jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype)),
+        jax.ShapeDtypeStruct((batch,) if per_row else (), jnp.float32),
+    )
+    return f"{path}_{dtype}_B{batch}_V{vocab}_{temperature}", temperature_softmax, shapes

@@ -65,6 +65,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from tops.ops.half import kernel_operand, to_float32
 from tops.spec.topk import FAST_PATH_MAX_K
 
 LANES = 128
@@ -73,7 +74,9 @@ NAN_KEY = EMPTY_KEY + 1  # below -inf's key (-2**31 + 2**23 - 1), above EMPTY_KE
 ABSENT_INDEX = np.iinfo(np.int32).max  # index of an unfilled level
 _MAGNITUDE_BITS = 0x7FFFFFFF
 # Whole rows stay in VMEM up to this width: 16 MiB per block (8 float32 or 16 bf16 rows),
-# 32 MiB double-buffered, inside the 64 MiB VMEM of the smallest current TPU core.
+# 32 MiB double-buffered, inside the 64 MiB VMEM of v5p, the smallest of the supported
+# chips (v5e and v6e have 128 MiB; tops.compile_only.TPU_CHIPS). v4's 16 MiB cannot hold
+# even a 262144-column float32 block double-buffered (16.7 MiB measured).
 FAST_PATH_MAX_V = 2**19
 # Levels added by each pass after the first, and the per-pass cost of streaming the row
 # (load, key conversion, masking and the filter) in units of one level: a count of the
@@ -104,11 +107,12 @@ def uses_fast_path(vocab: int, k: int) -> bool:
 def sortable_key(x: jax.Array) -> jax.Array:
     """int32 keys whose integer order is the contract's value order (ties aside).
 
-    bf16/f16 widen exactly to float32. Non-negative floats keep their bits; negative
-    ones flip the 31 magnitude bits, so ``-0.0`` maps to ``-1`` just below ``+0.0``'s
-    ``0`` and ``-inf`` to ``-2**31 + 2**23 - 1``. Every NaN maps to ``NAN_KEY``.
+    bf16/f16 (and float16 bits, ``tops.ops.half``) widen exactly to float32. Non-negative
+    floats keep their bits; negative ones flip the 31 magnitude bits, so ``-0.0`` maps to
+    ``-1`` just below ``+0.0``'s ``0`` and ``-inf`` to ``-2**31 + 2**23 - 1``. Every NaN
+    maps to ``NAN_KEY``.
     """
-    x = x.astype(jnp.float32)
+    x = to_float32(x)
     bits = lax.bitcast_convert_type(x, jnp.int32)
     key = bits ^ ((bits >> 31) & _MAGNITUDE_BITS)
     return jnp.where(jnp.isnan(x), NAN_KEY, key)
@@ -405,7 +409,7 @@ def fast_topk_indices(x, k, *, interpret, with_depth=False):
             vmem_limit_bytes=2 * block_bytes + scratch_bytes + 8 * 2**20,
         ),
         interpret=interpret,
-    )(x)
+    )(kernel_operand(x))
     return tuple(outs) if with_depth else outs[0]
 
 
@@ -460,9 +464,9 @@ def termination_stats(x, k: int) -> dict:
     }
 
 
-def lowering_configs() -> list[tuple[str, object, tuple]]:
+def tpu_configs() -> list[tuple[str, object, tuple]]:
     """Every shipped Pallas configuration as ``(name, fn, shape_structs)`` for the TPU
-    lowering check, through the public wrapper: each dtype; ``k = 1, 64, 256`` over
+    compile check, through the public wrapper: each dtype; ``k = 1, 64, 256`` over
     ``V = 50257`` (a partial last slice; ``k = 256`` is the deepest list); ``k = 256``
     over ``V = 1000`` (one pass at the full depth); ``V = 1``; the widest fast-path row;
     per-row ``k``. ``B = 13`` leaves a partial row block. The XLA sort path
@@ -485,4 +489,20 @@ def lowering_configs() -> list[tuple[str, object, tuple]]:
         x = jax.ShapeDtypeStruct((13, 50257), jnp.dtype(dtype))
         row_k = jax.ShapeDtypeStruct((13,), jnp.int32)
         configs.append((f"{dtype}_V50257_per_row_max_k64", per_row(64), (x, row_k)))
+    return configs
+
+
+def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+    """The production shapes: ``B`` in {1, 32, 256} x ``V`` in {128256, 151936, 201088,
+    262144}, bf16 and f32, ``k = 64`` and the deepest ``k = 256``."""
+    from tops.ops.topk import topk
+
+    configs = []
+    for batch in (1, 32, 256):
+        for vocab in (128256, 151936, 201088, 262144):
+            for dtype in ("bfloat16", "float32"):
+                x = jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype))
+                for k in (64, 256):
+                    name = f"{dtype}_B{batch}_V{vocab}_k{k}"
+                    configs.append((name, functools.partial(topk, k=k), (x,)))
     return configs
