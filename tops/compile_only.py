@@ -219,16 +219,15 @@ def compile_tpu_kernels_in_subprocess(
     ``tpu_configs()`` (or ``tpu_production_configs()``) for each chip in a fresh process
     under ``TPU_COMPILE_ENV``; one ``{"module", "name", "chip", "ok", "seconds", "kernels" |
     "error"}`` per configuration and chip, ``error`` the compiler's first lines."""
-    command = [sys.executable, "-m", "tops.compile_only", "--tpu", module_name, *chips]
-    if production:
-        command.append("--production")
-    done = subprocess.run(
-        command,
-        env={**os.environ, **TPU_COMPILE_ENV},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    arguments = ["--tpu", module_name, *chips, *(["--production"] if production else [])]
+    return _run_compiler_process(arguments, {**os.environ, **TPU_COMPILE_ENV})
+
+
+def _run_compiler_process(arguments: list[str], env: dict[str, str]) -> list[dict]:
+    """``python -m tops.compile_only ARGUMENTS`` in a fresh process under ``env``: the
+    JSON list on its last line of output, or a RuntimeError with its stderr's tail."""
+    command = [sys.executable, "-m", "tops.compile_only", *arguments]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -279,14 +278,7 @@ def compile_gpu_kernels_in_subprocess(*module_names: str) -> list[dict]:
     configuration."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TOPS_TRITON_COMPILE_ONLY"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-m", "tops.compile_only", *module_names],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _run_compiler_process(list(module_names), env)
 
 
 if __name__ == "__main__":
