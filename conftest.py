@@ -1,5 +1,6 @@
 """Project-wide pytest set-up: backend modes in the header, the baseline-ledger option,
-and a guard that every test under tests/ops names its backend in its id."""
+a guard that every test under tests/ops names its backend in its id, and the GPU tests
+left out, said so, where torch and triton are not installed."""
 
 from __future__ import annotations
 
@@ -34,19 +35,41 @@ def pytest_addoption(parser):
 
 def pytest_report_header(config):
     modes = " ".join(f"{b}={m}" for b, m in backends.modes().items())
-    return [f"tops modes: {modes}"]
+    lines = [f"tops modes: {modes}"]
+    if not backends.gpu_available():
+        lines.append(
+            f"tops: test_gpu_*.py modules not collected, other GPU tests skipped: "
+            f"{backends.GPU_INSTALL_HINT}"
+        )
+    return lines
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Modules named ``test_gpu_*.py`` import torch and triton: without the GPU backend's
+    packages they are left out (the report header says so) instead of failing to import."""
+    if collection_path.name.startswith("test_gpu_") and not backends.gpu_available():
+        return True
+    return None
 
 
 def pytest_configure(config):
     # Runs on the xdist controller before any worker starts: clear earlier updates.
     if config.getoption("--update-baseline") and not hasattr(config, "workerinput"):
+        from tops.precision import ledger
+
+        try:
+            ledger.writable_path()
+        except ledger.LedgerNotWritableError as error:
+            raise pytest.UsageError(f"--update-baseline: {error}") from None
         shutil.rmtree(_updates_dir(), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/ops must name ``tpu`` or ``gpu`` in its id, so that
     ``pytest tests/ops -k tpu`` selects exactly the TPU side; a name that contains the
-    letters by accident (``output``) would silently join it."""
+    letters by accident (``output``) would silently join it. Without the GPU backend's
+    packages, the tests whose id names ``gpu`` are skipped with the install hint."""
+    skip_gpu = pytest.mark.skip(reason=backends.GPU_INSTALL_HINT)
     for item in items:
         if "tests/ops/" not in item.nodeid.replace(os.sep, "/"):
             continue
@@ -55,6 +78,8 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid}: 'output' contains 'tpu'; rename it")
         if "tpu" not in name and "gpu" not in name:
             raise pytest.UsageError(f"{item.nodeid}: a tests/ops id must contain tpu or gpu")
+        if "gpu" in name and not backends.gpu_available():
+            item.add_marker(skip_gpu)
 
 
 @dataclass
@@ -87,8 +112,9 @@ def pytest_sessionfinish(session):
     updates = []
     for path in sorted(_updates_dir().glob("*.json")):
         updates += [tuple(e) for e in json.loads(path.read_text())]
-    before = ledger.load()
-    written = ledger.write(updates)
-    lines = [f"\nbaseline ledger: {written} entries written to {ledger.LEDGER_PATH}"]
-    lines += ledger.describe_changes(before, ledger.load())
+    path = ledger.writable_path()
+    before = ledger.load(path)
+    written = ledger.write(updates, path)
+    lines = [f"\nbaseline ledger: {written} entries written to {path}"]
+    lines += ledger.describe_changes(before, ledger.load(path))
     print("\n".join(lines))

@@ -1,10 +1,14 @@
-"""The benchmark scripts run here (at their small CPU sizes) and print their tables."""
+"""The benchmark scripts run here (at their small CPU sizes) and print their tables;
+scripts/gpu_check.sh, which runs only on a CUDA machine, is valid bash."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tops.precision.testing import requires_gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ],
     ids=["softmax", "softmax-sweep", "topk", "simple_gla", "sampling"],
 )
+@requires_gpu  # every benchmark times the Triton kernels
 def test_benchmark_prints_its_tables(script, expected):
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script[0]), *script[1:]],
@@ -42,3 +47,23 @@ def test_benchmark_prints_its_tables(script, expected):
     )
     for text in expected:
         assert text in done.stdout, text
+
+
+def test_gpu_check_script_parses():
+    """scripts/gpu_check.sh (the GPU side on a CUDA machine) is valid bash; it runs only
+    there, so the suite checks its syntax, and shellcheck's verdict where installed."""
+    script = ROOT / "scripts" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is not None:
+        done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_gpu_check_script_wants_an_output_folder():
+    """Without OUT_DIR it prints its usage and exits 64, before running anything."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True
+    )
+    assert done.returncode == 64
+    assert "usage: bash scripts/gpu_check.sh OUT_DIR" in done.stderr

@@ -21,6 +21,9 @@ Environment variables:
     Never select the Triton interpreter: set by ``tops.compile_only`` for the process
     that compiles the Triton kernels for sm_90 on a machine without a GPU.
 
+The GPU backend needs torch and triton (``pip install 'tops[gpu]'``); without them
+:func:`modes` reports it ``unavailable`` and the TPU and CPU sides work alone.
+
 The Triton interpreter is chosen by ``TRITON_INTERPRET=1``, which Triton reads when a
 kernel is *defined*; :func:`configure_triton` sets it and must run before any module
 that defines a Triton kernel is imported (``tops.gpu`` calls it first thing).
@@ -31,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -64,9 +69,30 @@ def triton_interprets() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUTHY
 
 
+GPU_PACKAGES = ("torch", "triton")
+GPU_INSTALL_HINT = "the GPU backend (tops.gpu) needs torch and triton: pip install 'tops[gpu]'"
+UNAVAILABLE = "unavailable"
+
+
+@functools.cache
+def gpu_available() -> bool:
+    """Whether torch and triton are installed, so that ``tops.gpu`` can run."""
+    return all(importlib.util.find_spec(name) is not None for name in GPU_PACKAGES)
+
+
+def require_gpu() -> None:
+    """Raise ImportError with the install hint when the GPU backend's packages are missing."""
+    if not gpu_available():
+        missing = [name for name in GPU_PACKAGES if importlib.util.find_spec(name) is None]
+        raise ImportError(f"{GPU_INSTALL_HINT} (missing: {', '.join(missing)})")
+
+
 @functools.cache
 def gpu_mode() -> str:
-    """``"gpu"`` when torch sees a CUDA device and interpretation is not forced."""
+    """``"gpu"`` when torch sees a CUDA device and interpretation is not forced.
+
+    Raises ImportError naming ``tops[gpu]`` when torch or triton is missing."""
+    require_gpu()
     if interpret_forced() or triton_interprets():
         return "gpu-interpret"
     import torch
@@ -85,9 +111,16 @@ def mode(backend: str) -> str:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def available(backend: str) -> bool:
+    """Whether ``backend`` can run here (only the GPU backend has optional packages)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend != "gpu" or gpu_available()
+
+
 def modes() -> dict[str, str]:
-    """``{backend: mode}`` for every backend."""
-    return {backend: mode(backend) for backend in BACKENDS}
+    """``{backend: mode}`` for every backend; ``"unavailable"`` where it cannot run."""
+    return {b: mode(b) if available(b) else UNAVAILABLE for b in BACKENDS}
 
 
 def configure_triton() -> None:
@@ -98,8 +131,26 @@ def configure_triton() -> None:
     if os.environ.get("TOPS_TRITON_COMPILE_ONLY") == "1":
         return
     if gpu_mode() == "gpu-interpret":
+        require_interpretable_numpy()
         os.environ["TRITON_INTERPRET"] = "1"
         _reload_compiled_triton_library()
+
+
+def _release(package: str) -> tuple[int, int]:
+    major, minor = importlib.metadata.version(package).split(".")[:2]
+    return int(major), int(minor)
+
+
+def require_interpretable_numpy() -> None:
+    """Triton's interpreter before 3.7 converts one-element arrays with ``int()``, which
+    NumPy 2.4 refuses (triton-lang/triton#9171): every kernel with a run-time loop bound
+    would fail deep inside; say what to install instead."""
+    if _release("triton") < (3, 7) and _release("numpy") >= (2, 4):
+        raise ImportError(
+            f"the Triton interpreter of triton {importlib.metadata.version('triton')} fails "
+            f"under NumPy {importlib.metadata.version('numpy')} (triton-lang/triton#9171): "
+            "install 'numpy<2.4' or 'triton>=3.7' to run tops.gpu without a GPU"
+        )
 
 
 def _reload_compiled_triton_library() -> None:

@@ -27,6 +27,9 @@ from tops.compile_only import (
     TPU_KERNEL_MODULES,
     compile_tpu_kernels_in_subprocess,
 )
+from tops.precision.testing import requires_libtpu
+
+pytestmark = requires_libtpu
 
 
 def _problems(result: dict) -> list[str]:

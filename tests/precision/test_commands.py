@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tops.precision.testing import requires_gpu
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 CASES = ("float32_B5_V1000_T1.0", "special_rows")
 
@@ -20,6 +22,7 @@ def _run(args, tmp_path):
     )
 
 
+@requires_gpu
 def test_report_command_writes_the_table_and_gates(tmp_path):
     args = ["-m", "tops.precision", "report", "--out", str(tmp_path / "out")]
     for case in CASES:
@@ -40,6 +43,7 @@ def test_report_command_writes_the_table_and_gates(tmp_path):
     assert "rule 3 failed: temperature_softmax/special_rows" in failed.stderr
 
 
+@requires_gpu
 def test_pytest_update_baseline_merges_entries_from_every_worker(tmp_path):
     selection = " or ".join(CASES)
     done = _run(

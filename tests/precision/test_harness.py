@@ -13,6 +13,7 @@ from tops.precision import contract, ledger, report
 from tops.precision.contract import Measurement
 from tops.precision.metrics import compare, ulp
 from tops.precision.registry import Case, Op
+from tops.precision.testing import requires_gpu
 
 
 def _measure(out, ref, backend="tpu", mode="tpu-interpret", case="demo"):
@@ -228,6 +229,7 @@ def _fake_op(tpu_kernel):
     )
 
 
+@requires_gpu  # the measurements record the GPU backend's mode
 @pytest.mark.parametrize(
     ("tpu_kernel", "exit_code"),
     [

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tops.precision.testing import requires_gpu
+
 ROOT = Path(__file__).resolve().parents[2]
 # Both simple GLA cases of the AMD report (bf16, no gate: pure summation order), a gated
 # f32 case (tf32 dots, exp forward and backward, the dg and d g_gamma reductions: its
@@ -156,6 +158,7 @@ def _differences(base: dict[str, dict], other: dict[str, dict]) -> list[str]:
     return problems
 
 
+@requires_gpu
 @pytest.mark.xdist_group("reproducibility")
 @pytest.mark.parametrize("name", [name for name in SETTINGS if name != "default"])
 def test_outputs_and_verdicts_are_identical_on_every_host(name):

@@ -18,6 +18,7 @@ from tops.precision import contract, ledger, margins, runner
 from tops.precision.contract import Measurement
 from tops.precision.metrics import compare, numpy_dtype
 from tops.precision.registry import op
+from tops.precision.testing import requires_gpu
 
 PLANTED_OP = "simple_gla"
 PLANTED_CASE = "float32_B2_T64_H4_K64_V64_C128_g_h0_hT"
@@ -34,6 +35,7 @@ def _dot_with_bfloat16_lhs(a, b, contract_dims):
     )
 
 
+@requires_gpu
 @pytest.mark.xdist_group(f"{PLANTED_OP}/{PLANTED_CASE}")
 def test_planted_bfloat16_operand_fails_rules_2_and_3(monkeypatch):
     spec = op(PLANTED_OP)
@@ -112,6 +114,7 @@ def _with_eps(out, expected, target: float, dtype: str) -> np.ndarray:
     return rounded(high)
 
 
+@requires_gpu
 @pytest.mark.parametrize(("op_name", "case_name", "output"), _margin_params())
 def test_rule2_fails_just_past_the_derived_margin(op_name, case_name, output):
     spec = op(op_name)

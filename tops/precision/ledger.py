@@ -2,8 +2,13 @@
 
 Rewritten only on request (``pytest --update-baseline`` or
 ``python -m tops.precision report --update-baseline``); explain every change to
-``baseline.json`` in the commit message. ``TOPS_BASELINE=PATH`` points both at another
-ledger file (the tests of the option itself use it).
+``baseline.json`` in the commit message.
+
+Which ledger (:data:`LEDGER_PATH`): ``TOPS_BASELINE=PATH`` (or the report's
+``--baseline PATH``) if set; else the checkout's ``tops/precision/baseline.json`` when
+tops is imported from a checkout (editable install, ``PYTHONPATH``) or the working
+directory lies inside one; else the copy installed with the package, which is only read:
+a rewrite never goes into site-packages (:func:`writable_path`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,50 @@ from pathlib import Path
 
 from tops.precision.contract import Measurement
 
-LEDGER_PATH = Path(os.environ.get("TOPS_BASELINE") or Path(__file__).with_name("baseline.json"))
+INSTALLED_LEDGER = Path(__file__).with_name("baseline.json")
+LEDGER_IN_CHECKOUT = Path("tops") / "precision" / "baseline.json"
+
+
+class LedgerNotWritableError(RuntimeError):
+    """No ledger may be rewritten: tops runs from an installed package outside a checkout."""
+
+
+def checkout_ledger(start: Path) -> Path | None:
+    """The ledger of the tops checkout that contains ``start``, if any (a folder holding
+    ``pyproject.toml`` and ``tops/precision/baseline.json``)."""
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / LEDGER_IN_CHECKOUT).is_file():
+            return folder / LEDGER_IN_CHECKOUT
+    return None
+
+
+def _package_checkout_ledger() -> Path | None:
+    """The package's own ledger when the package itself lies in a checkout."""
+    root = INSTALLED_LEDGER.parents[2]
+    return INSTALLED_LEDGER if (root / "pyproject.toml").is_file() else None
+
+
+def _ledger_path() -> Path:
+    if os.environ.get("TOPS_BASELINE"):
+        return Path(os.environ["TOPS_BASELINE"])
+    return _package_checkout_ledger() or checkout_ledger(Path.cwd()) or INSTALLED_LEDGER
+
+
+LEDGER_PATH = _ledger_path()
+
+
+def writable_path(explicit: Path | None = None) -> Path:
+    """Where a ledger rewrite goes: ``explicit`` if given, else :data:`LEDGER_PATH` unless
+    that is the installed package's copy (raises :class:`LedgerNotWritableError`)."""
+    if explicit is not None:
+        return explicit
+    if LEDGER_PATH == INSTALLED_LEDGER and _package_checkout_ledger() is None:
+        raise LedgerNotWritableError(
+            f"tops runs from an installed package ({INSTALLED_LEDGER.parent}) outside a tops "
+            "checkout: run the rewrite inside a checkout, or name a ledger file with "
+            "--baseline PATH (or TOPS_BASELINE=PATH); the installed ledger is never rewritten"
+        )
+    return LEDGER_PATH
 
 
 def key(op: str, case: str, output: str, mode: str) -> str:

@@ -1,7 +1,8 @@
 """``python -m tops.precision report``: every registered case on every kernel backend,
 judged by the three rules, printed as a table and written as JSON and Markdown.
 
-Exit status 1 when any rule fails, so CI can gate on it.
+Exit status 1 when any rule fails, so CI can gate on it; 2 when the run cannot start (a
+backend whose packages are missing, or a ledger rewrite with no ledger it may write).
 """
 
 from __future__ import annotations
@@ -118,7 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--update-baseline", action="store_true", help="rewrite the ledger entries measured"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help=f"the ledger to judge rule 3 by and to rewrite (default: {ledger.LEDGER_PATH})",
+    )
     args = parser.parse_args(argv)
+
+    backends_run = tuple(args.backend or (b for b in KERNEL_BACKENDS if backends.available(b)))
+    missing = [b for b in backends_run if not backends.available(b)]
+    if missing:
+        print(f"error: --backend {missing[0]}: {backends.GPU_INSTALL_HINT}", file=sys.stderr)
+        return 2
+    ledger_path = args.baseline or ledger.LEDGER_PATH
+    if args.update_baseline:
+        try:
+            ledger_path = ledger.writable_path(args.baseline)
+        except ledger.LedgerNotWritableError as error:
+            print(f"error: --update-baseline: {error}", file=sys.stderr)
+            return 2
 
     modes = backends.modes()
     header = (
@@ -126,10 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     print(header.replace("# ", "", 1).replace("\n\n", "\n"))
-    before = ledger.load()
+    before = ledger.load(ledger_path)
     # While the ledger is rewritten, rule 3 has no baseline to hold the run to.
     entries = {} if args.update_baseline else before
-    backends_run = tuple(args.backend or KERNEL_BACKENDS)
     rows: list[Row] = []
     for op_name, spec in ops().items():
         if args.op and op_name not in args.op:
@@ -167,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "precision.json").write_text(json.dumps(record, indent=1) + "\n")
     if args.update_baseline:
-        written = ledger.write(ledger.entry(m) for row in rows for m in row.measurements.values())
-        print(f"baseline ledger: {written} entries written to {ledger.LEDGER_PATH}")
-        print("\n".join(ledger.describe_changes(before, ledger.load())))
+        measured = (ledger.entry(m) for row in rows for m in row.measurements.values())
+        written = ledger.write(measured, ledger_path)
+        print(f"baseline ledger: {written} entries written to {ledger_path}")
+        print("\n".join(ledger.describe_changes(before, ledger.load(ledger_path))))
     print(
         f"{len(rows)} outputs, {len(failures)} rule failures; "
         f"wrote {args.out / 'precision.md'} and {args.out / 'precision.json'}"

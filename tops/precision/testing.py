@@ -1,14 +1,24 @@
 """What every op's precision tests do, so that each ``tests/ops/<op>/test_precision.py``
-is two short test functions over the registered cases."""
+is two short test functions over the registered cases; and the marks of tests that need
+an optional part of tops (``requires_gpu``: the ``gpu`` extra; ``requires_libtpu``: the
+``tpu`` extra), skipped with the install hint where it is missing."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import pytest
 
+from tops import backends
 from tops.precision import contract, ledger, margins, runner
 from tops.precision.registry import op
+
+requires_gpu = pytest.mark.skipif(not backends.gpu_available(), reason=backends.GPU_INSTALL_HINT)
+requires_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="the TPU compile check needs libtpu: pip install 'tops[tpu]'",
+)
 
 
 def case_params(op_name: str) -> list:

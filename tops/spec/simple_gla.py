@@ -9,13 +9,16 @@ Recurrence, per sequence and head, for ``t = 0 .. T-1``::
 decay; either, both (they add) or neither (no decay) may be given. Any finite value is
 allowed (``<= 0`` in practice). ``scale`` defaults to ``K ** -0.5``.
 
-Variable-length batches: with ``cu_seqlens`` (int32 ``[N + 1]``, ``B == 1``) the tokens
-``[cu[n], cu[n+1])`` form sequence ``n``, which starts from ``initial_state[n]`` (zeros
-when no initial state is given) and owns ``final_state[n]``. ``cu_seqlens`` is a run-time
-value (it may be a traced JAX array), so its entries are not checked; every backend
-assumes ``cu[0] == 0``, ``cu[n] <= cu[n+1]`` and ``cu[N] == T``. An empty sequence
+Variable-length batches: with ``cu_seqlens`` (int32 or int64 ``[N + 1]``, ``B == 1``) the
+tokens ``[cu[n], cu[n+1])`` form sequence ``n``, which starts from ``initial_state[n]``
+(zeros when no initial state is given) and owns ``final_state[n]``. ``cu_seqlens`` is a
+run-time value (it may be a traced JAX array), so its entries are not checked; every
+backend assumes ``cu[0] == 0``, ``cu[n] <= cu[n+1]`` and ``cu[N] == T``. An empty sequence
 (``cu[n] == cu[n+1]``) produces no output rows and its final state is its initial state.
-Outputs for entries violating these invariants are unspecified.
+Outputs for entries violating these invariants are unspecified. int64 is accepted because
+flash-linear-attention's callers pass ``torch.long`` offsets; valid entries are at most
+``T``, so the kernels index in int32 and convert int64 entries (wrapping any beyond int32,
+which violate ``cu[N] == T`` anyway).
 
 ``chunk_size`` (64 or 128) only changes how the kernels block the sequence, not the
 mathematical result.
@@ -33,7 +36,7 @@ CHUNK_SIZES = (64, 128)
 QKV_DTYPES = ("bfloat16", "float32")
 GATE_DTYPES = ("float32",)
 STATE_DTYPES = ("float32",)
-CU_SEQLENS_DTYPES = ("int32",)
+CU_SEQLENS_DTYPES = ("int32", "int64")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def validate(
       scale: None or a finite real Python (or NumPy scalar) number.
       initial_state: None or float32 ``[N, H, K, V]``.
       output_final_state: a bool.
-      cu_seqlens: None or int32 ``[N + 1]`` with ``N >= 1``; requires ``B == 1``.
+      cu_seqlens: None or int32 or int64 ``[N + 1]`` with ``N >= 1``; requires ``B == 1``.
       chunk_size: an int in ``CHUNK_SIZES``.
 
     Returns:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
+from tops import backends, gpu  # tops.gpu configures Triton first
 from tops.cpu import simple_gla as reference
 from tops.gpu.simple_gla import chunk_simple_gla
 from tops.ops.simple_gla.alibi import FLOAT32_EXP_LIMIT, make_alibi_g_gamma, max_discarded_exponent
@@ -150,6 +150,70 @@ def test_gpu_alibi_gates_at_chunk_128_stay_finite():
     _check(*outputs, "float32", True)
 
 
+def _tiny_varlen(seed: int):
+    """f32 torch inputs of a tiny varlen case, both gates and initial states, and its int32
+    ``cu_seqlens`` (an empty sequence included)."""
+    arrays = _inputs(
+        np.random.default_rng(seed),
+        batch=1,
+        seq_len=40,
+        heads=2,
+        key_dim=16,
+        value_dim=16,
+        dtype="float32",
+        gate="both",
+        states=3,
+    )
+    device = backends.torch_device()
+    tensors = {name: to_torch(array, device) for name, array in arrays.items()}
+    return tensors, torch.tensor([0, 7, 7, 40], dtype=torch.int32, device=device)
+
+
+def test_gpu_int64_cu_seqlens_equal_int32():
+    """FLA's callers pass ``torch.long`` offsets. The wrapper casts them to int32 before
+    the autograd Function, so the forward and every gradient match int32's bit for bit."""
+    tensors, cu_seqlens = _tiny_varlen(30)
+    leaves = [tensor.requires_grad_(True) for tensor in tensors.values()]
+
+    def run(cu):
+        o, final_state = chunk_simple_gla(**tensors, output_final_state=True, cu_seqlens=cu)
+        loss = (o * o).sum() + (final_state * final_state).sum()
+        return o, final_state, *torch.autograd.grad(loss, leaves)
+
+    for got, want in zip(run(cu_seqlens.long()), run(cu_seqlens), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_gpu_takes_fla_positional_order():
+    """``(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens)``
+    positionally, as flash-linear-attention's ``chunk_simple_gla`` takes them, equals the
+    keyword call; ``chunk_size`` stays keyword-only."""
+    tensors, cu_seqlens = _tiny_varlen(31)
+    q, k, v, g, g_gamma, h0 = tensors.values()
+    positional = chunk_simple_gla(q, k, v, g, g_gamma, 0.3, h0, True, cu_seqlens)
+    keyword = chunk_simple_gla(
+        q,
+        k,
+        v,
+        g=g,
+        g_gamma=g_gamma,
+        scale=0.3,
+        initial_state=h0,
+        output_final_state=True,
+        cu_seqlens=cu_seqlens,
+    )
+    for got, want in zip(positional, keyword, strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(TypeError):
+        chunk_simple_gla(q, k, v, g, g_gamma, 0.3, h0, True, cu_seqlens, 64)
+
+
+def test_gpu_chunk_simple_gla_is_exported_from_tops_gpu():
+    from tops.gpu import chunk_simple_gla as exported
+
+    assert exported is chunk_simple_gla and "chunk_simple_gla" in gpu.__all__
+
+
 @pytest.mark.parametrize("output_final_state", [False, True])
 def test_gpu_empty_batch(output_final_state):
     device = backends.torch_device()
@@ -181,6 +245,8 @@ def _bad_call(change: str):
     elif change == "varlen_batch":
         q, v = q.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)
         kwargs["cu_seqlens"] = torch.tensor([0, 4], dtype=torch.int32, device=device)
+    elif change == "cu_float":
+        kwargs["cu_seqlens"] = torch.tensor([0.0, 4.0], device=device)
     elif change == "numpy":
         q = np.zeros((1, 4, 2, 8), np.float32)
     return chunk_simple_gla(q, q, v, **kwargs)
@@ -195,6 +261,7 @@ def _bad_call(change: str):
         ("gamma_shape", "g_gamma must have shape"),
         ("state_shape", "initial_state must have shape"),
         ("varlen_batch", "cu_seqlens requires B == 1"),
+        ("cu_float", "cu_seqlens must have dtype"),
         ("numpy", "q must be a torch.Tensor"),
     ],
 )

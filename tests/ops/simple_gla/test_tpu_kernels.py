@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tops.ops
 from tops.backends import pallas_interpret
 from tops.cpu import simple_gla as reference
 from tops.ops.simple_gla import chunk_simple_gla, kernel, make_alibi_g_gamma
@@ -188,6 +189,39 @@ def test_tpu_invalid_cu_seqlens_do_not_crash():
     assert np.isfinite(np.asarray(final)).all()
 
 
+def test_tpu_int64_cu_seqlens_equal_int32():
+    """FLA's callers pass int64 offsets (a NumPy array here: a JAX array is int64 only
+    under ``jax_enable_x64``). The wrapper converts them to int32 before the jitted
+    ``custom_vjp``, so the forward and every gradient match int32's bit for bit."""
+    arrays = _inputs(
+        7, batch=1, seq_len=40, heads=2, key_dim=16, value_dim=16, dtype="float32",
+        gate="both", h0=True, num_states=3,
+    )  # fmt: skip
+    arrays = {name: jnp.asarray(x) for name, x in arrays.items()}
+
+    def run(cu_dtype):
+        cu_seqlens = np.asarray((0, 7, 7, 40), cu_dtype)  # an empty sequence included
+
+        def loss(arrays):
+            o, final = chunk_simple_gla(**arrays, output_final_state=True, cu_seqlens=cu_seqlens)
+            return jnp.sum(o * o) + jnp.sum(final * final), (o, final)
+
+        grads, (o, final) = jax.grad(loss, has_aux=True)(arrays)
+        return o, final, grads
+
+    for got, want in zip(
+        jax.tree.leaves(run(np.int64)), jax.tree.leaves(run(np.int32)), strict=True
+    ):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_tpu_chunk_simple_gla_is_exported_from_tops_ops():
+    from tops.ops import chunk_simple_gla as exported
+
+    assert exported is chunk_simple_gla and "chunk_simple_gla" in tops.ops.__all__
+
+
 @pytest.mark.parametrize("cu", [None, (0, 1, 100, 300)], ids=["tpu_batched", "tpu_varlen"])
 def test_tpu_saved_segment_states_for_the_backward(cu):
     """``kernel.forward(save_states=True)`` returns the state before every segment: the
@@ -257,7 +291,7 @@ def test_tpu_empty_batch():
         ({"chunk_size": 32}, "chunk_size"),
         ({"scale": float("nan")}, "scale"),
         ({"initial_state": jnp.zeros((2, 2, 64, 64), jnp.float32)}, "initial_state"),
-        ({"cu_seqlens": np.asarray([0, 10], np.int64)}, "cu_seqlens"),
+        ({"cu_seqlens": np.asarray([0, 10], np.float32)}, "cu_seqlens must have dtype"),
         ({"output_final_state": 1}, "output_final_state"),
     ],
     ids=["tpu_rank", "tpu_g_dtype", "tpu_g_gamma_shape", "tpu_chunk", "tpu_scale", "tpu_h0",

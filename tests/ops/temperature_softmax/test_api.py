@@ -1,14 +1,13 @@
-"""The public wrappers: argument validation on both kernels, and the GPU-only variants
-(``out=`` and in place)."""
+"""The public wrappers' argument validation, the same on both kernels (the GPU-only
+variants are in test_gpu_api.py)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-from tops import backends, cpu, gpu, ops
+from tops import backends, ops
 from tops.precision.convert import to_torch
 
 BAD_ARGUMENTS = [
@@ -28,6 +27,10 @@ def _tpu(shape, dtype, temperature):
 
 
 def _gpu(shape, dtype, temperature):
+    import torch
+
+    from tops import gpu
+
     device = backends.torch_device()
     t = temperature if isinstance(temperature, float) else to_torch(temperature, device)
     return gpu.temperature_softmax(torch.zeros(shape, dtype=getattr(torch, dtype)).to(device), t)
@@ -38,44 +41,3 @@ def _gpu(shape, dtype, temperature):
 def test_bad_arguments_raise_value_errors_naming_them(backend, shape, dtype, temperature, message):
     with pytest.raises(ValueError, match=message):
         (_tpu if backend == "tpu" else _gpu)(shape, dtype, temperature)
-
-
-def _logits(batch=3, vocab=5000, dtype=torch.float32):
-    x = np.random.default_rng(9).standard_normal((batch, vocab)).astype(np.float32)
-    return x, torch.from_numpy(x.copy()).to(dtype).to(backends.torch_device())
-
-
-@pytest.mark.parametrize("vocab", [5000, 40000])
-def test_gpu_in_place_writes_the_probabilities_into_the_logits(vocab):
-    x, logits = _logits(vocab=vocab)
-    result = gpu.temperature_softmax_(logits, 0.8)
-    assert result is logits
-    np.testing.assert_allclose(logits.cpu().numpy(), cpu.temperature_softmax(x, 0.8), rtol=2e-6)
-
-
-def test_gpu_out_variant_and_its_validation():
-    _, logits = _logits(dtype=torch.bfloat16)
-    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    assert gpu.temperature_softmax(logits, 0.5, out=out) is out
-    ref = cpu.temperature_softmax(logits.float().cpu().numpy(), 0.5)
-    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=2e-6)
-    with pytest.raises(ValueError, match="out must be float32"):
-        gpu.temperature_softmax(logits, 0.5, out=out.to(torch.bfloat16))
-    with pytest.raises(ValueError, match="out must be float32 with shape"):
-        gpu.temperature_softmax(logits, 0.5, out=out[:, :10])
-
-
-def test_gpu_in_place_requires_a_float32_buffer():
-    _, logits = _logits(dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="logits must be float32"):
-        gpu.temperature_softmax_(logits, 1.0)
-
-
-def test_gpu_accepts_strided_rows():
-    x, logits = _logits(batch=4, vocab=300)
-    view = logits[::2]
-    np.testing.assert_allclose(
-        gpu.temperature_softmax(view, 1.0).cpu().numpy(),
-        cpu.temperature_softmax(x[::2], 1.0),
-        rtol=2e-6,
-    )

@@ -577,7 +577,10 @@ def _full_kernel(
             ties += tl.reduce(tie.to(tl.int32), 0, _sum_combine)
             if DEBUG:
                 out = topk_logits_ptr + row * out_row_stride + column
-                tl.store(out, tl.where(kept, raw, float("-inf")), mask=in_row)
+                # -inf cast from float32, not a scalar in where: Triton 3.6's interpreter
+                # cannot make a bfloat16 constant. Kept logits keep their bits (NaN payloads).
+                neg_inf = tl.full([], float("-inf"), tl.float32).to(raw.dtype)
+                tl.store(out, tl.where(kept, raw, neg_inf), mask=in_row)
             q = tl.where(kept, quantize(upcast(raw), m, s), 0)
             tl.store(probs_row + column, q, mask=in_row)
             total += tl.reduce(q.to(tl.int64), 0, _sum_combine)

@@ -12,20 +12,24 @@ from tops.spec.simple_gla import validate
 
 
 def chunk_simple_gla(
-    q,
-    k,
-    v,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None = None,
+    g_gamma: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     *,
-    g=None,
-    g_gamma=None,
-    scale=None,
-    initial_state=None,
-    output_final_state=False,
-    cu_seqlens=None,
-    chunk_size=64,
-):
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Simple GLA forward, chunked: ``h_t = exp(g_t + gamma) h_{t-1} + k_t^T v_t``,
     ``o_t = scale q_t h_t`` per sequence and head (the current token included).
+
+    Positional order as in flash-linear-attention's ``chunk_simple_gla``: ``q, k, v, g,
+    g_gamma, scale, initial_state, output_final_state, cu_seqlens``; ``chunk_size`` is
+    keyword-only.
 
     Args:
       q, k: ``[B, T, H, K]`` bf16 or f32 tensors on the GPU backend's device.
@@ -36,9 +40,9 @@ def chunk_simple_gla(
       initial_state: None (zeros) or f32 ``[N, H, K, V]``; ``N = B``, or the number of
         sequences with ``cu_seqlens``.
       output_final_state: whether to return the final states.
-      cu_seqlens: None or int32 ``[N + 1]`` (``B == 1``): sequence ``n`` is tokens
-        ``[cu[n], cu[n+1])``, any lengths, each from its own initial state. Read only on
-        the device (no host sync).
+      cu_seqlens: None or int32 or int64 (FLA's ``torch.long``) ``[N + 1]`` (``B == 1``):
+        sequence ``n`` is tokens ``[cu[n], cu[n+1])``, any lengths, each from its own
+        initial state. Read only on the device (no host sync).
       chunk_size: 64 or 128, the kernels' block of tokens.
 
     Returns:
@@ -79,6 +83,9 @@ def chunk_simple_gla(
     for name, tensor in named.items():
         if tensor is not None:
             _require_device(name, tensor, q)
+    if cu_seqlens is not None:
+        # The kernels index in int32; valid offsets (at most T) fit. A device-side cast.
+        cu_seqlens = cu_seqlens.to(torch.int32)
     o, final_state = _ChunkSimpleGLA.apply(
         q,
         k,

@@ -13,6 +13,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from tops.backends import pallas_interpret
 from tops.ops.simple_gla import backward, kernel
@@ -23,18 +24,18 @@ __all__ = ["build_alibi_slopes", "chunk_simple_gla", "make_alibi_g_gamma"]
 
 
 def chunk_simple_gla(
-    q,
-    k,
-    v,
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
     *,
-    g=None,
-    g_gamma=None,
-    scale=None,
-    initial_state=None,
-    output_final_state=False,
-    cu_seqlens=None,
-    chunk_size=64,
-):
+    g: ArrayLike | None = None,
+    g_gamma: ArrayLike | None = None,
+    scale: float | None = None,
+    initial_state: ArrayLike | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: ArrayLike | None = None,
+    chunk_size: int = 64,
+) -> tuple[jax.Array, jax.Array | None]:
     """Simple GLA, ``h_t = exp(g_t + gamma) h_{t-1} + k_t^T v_t``, ``o_t = scale q_t h_t``.
 
     Args:
@@ -45,9 +46,9 @@ def chunk_simple_gla(
       scale: None (``K ** -0.5``) or a finite Python number.
       initial_state: None (zeros) or float32 ``[N, H, K, V]``.
       output_final_state: whether to return the final states.
-      cu_seqlens: None or int32 ``[N + 1]`` with ``B == 1``: packed sequences
-        ``[cu[n], cu[n+1])``, each from its own initial state. May be traced; its
-        entries must satisfy the contract of ``tops/spec/simple_gla.py``.
+      cu_seqlens: None or int32 or int64 ``[N + 1]`` with ``B == 1`` (converted to int32):
+        packed sequences ``[cu[n], cu[n+1])``, each from its own initial state. May be
+        traced; its entries must satisfy the contract of ``tops/spec/simple_gla.py``.
       chunk_size: 64 or 128 (blocking only, not the result).
 
     Returns:
@@ -80,11 +81,14 @@ def chunk_simple_gla(
         state_shape = (0, shapes.heads, shapes.key_dim, shapes.value_dim)
         return o, jnp.zeros(state_shape, jnp.float32) if output_final_state else None
 
-    def as_jax(x):
-        return None if x is None else jnp.asarray(x)
+    def as_jax(x, dtype=None):
+        return None if x is None else jnp.asarray(x, dtype)
 
     return _forward(
-        *(as_jax(x) for x in (q, k, v, g, g_gamma, initial_state, cu_seqlens)),
+        *(as_jax(x) for x in (q, k, v, g, g_gamma, initial_state)),
+        # The kernels index in int32 (TPU scalar memory has no 64-bit integers); converting
+        # outside the custom_vjp keeps its integer input, which gets no cotangent, int32.
+        as_jax(cu_seqlens, jnp.int32),
         scale=shapes.scale,
         chunk_size=int(chunk_size),
         output_final_state=output_final_state,
