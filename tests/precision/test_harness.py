@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tops import cpu
-from tops.precision import contract, ledger, report
+from tops.precision import contract, ledger, registry, report
 from tops.precision.contract import Measurement
 from tops.precision.metrics import compare, ulp
 from tops.precision.registry import Case, Op
@@ -257,3 +257,39 @@ def test_report_prints_writes_and_gates(monkeypatch, tmp_path, capsys, tpu_kerne
     assert "| op | case |" in (tmp_path / "precision.md").read_text()
     if exit_code:
         assert "rule 1 failed" in printed.err and "rule 2 failed" in printed.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--op", "typo"], lambda ops: f"--op typo: unknown; the ops are {', '.join(ops)}\n"),
+        (["--case", "typo"], lambda ops: "--case typo: unknown; the cases are\n  "),
+        (
+            ["--op", "topk", "--case", "float32_B5_V1000_T1.0"],
+            lambda ops: f"are\n  topk: {', '.join(c.name for c in ops['topk'].cases)}\n",
+        ),
+    ],
+    ids=["op", "case", "case-of-another-op"],
+)
+def test_report_refuses_unknown_names_and_lists_the_valid_ones(tmp_path, capsys, argv, says):
+    assert report.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert says(registry.ops()) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # the earlier reports stay
+
+
+def test_report_never_runs_an_empty_selection(tmp_path, capsys):
+    slow = next(c.name for spec in registry.ops().values() for c in spec.cases if c.slow)
+    assert report.main(["--case", slow, "--out", str(tmp_path / "out")]) == 2
+    assert "only slow cases: add --slow" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_lists_every_op_and_case(capsys):
+    assert report.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [
+        f"{name} {c.name}{' (slow)' if c.slow else ''}"
+        for name, spec in registry.ops().items()
+        for c in spec.cases
+    ]
+    assert lines == expected and any(line.endswith(" (slow)") for line in lines)

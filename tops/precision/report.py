@@ -109,12 +109,41 @@ def _table(rows: list[Row]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 
 
+def _select(
+    op_names: list[str] | None, case_names: list[str] | None, slow: bool
+) -> tuple[list[tuple[str, str]], str | None]:
+    """The ``(op, case)`` pairs a run measures, or an error naming the valid choices: an
+    unknown name or an empty selection never runs (it would overwrite the reports)."""
+    registered = ops()
+    unknown = sorted(set(op_names or ()) - registered.keys())
+    if unknown:
+        return [], f"--op {', '.join(unknown)}: unknown; the ops are {', '.join(registered)}"
+    chosen = [registered[name] for name in registered if not op_names or name in op_names]
+    known = {case.name for spec in chosen for case in spec.cases}
+    unknown = sorted(set(case_names or ()) - known)
+    if unknown:
+        valid = "\n".join(
+            f"  {spec.name}: {', '.join(c.name for c in spec.cases)}" for spec in chosen
+        )
+        return [], f"--case {', '.join(unknown)}: unknown; the cases are\n{valid}"
+    selected = [
+        (spec.name, case.name)
+        for spec in chosen
+        for case in spec.cases
+        if (slow or not case.slow) and (not case_names or case.name in case_names)
+    ]
+    if not selected:
+        return [], "the selection holds only slow cases: add --slow (see --list)"
+    return selected, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tops.precision report", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("reports"), help="directory for JSON/MD")
     parser.add_argument("--op", action="append", help="only these ops (repeatable)")
     parser.add_argument("--case", action="append", help="only these cases (repeatable)")
     parser.add_argument("--slow", action="store_true", help="include cases marked slow")
+    parser.add_argument("--list", action="store_true", help="print every op and case; run none")
     parser.add_argument("--backend", action="append", choices=KERNEL_BACKENDS, help="subset")
     parser.add_argument(
         "--update-baseline", action="store_true", help="rewrite the ledger entries measured"
@@ -125,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the ledger to judge rule 3 by and to rewrite (default: {ledger.LEDGER_PATH})",
     )
     args = parser.parse_args(argv)
+
+    if args.list:
+        for op_name, spec in ops().items():
+            for case in spec.cases:
+                print(f"{op_name} {case.name}{' (slow)' if case.slow else ''}")
+        return 0
+    selected, problem = _select(args.op, args.case, args.slow)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     backends_run = tuple(args.backend or (b for b in KERNEL_BACKENDS if backends.available(b)))
     missing = [b for b in backends_run if not backends.available(b)]
@@ -149,13 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     # While the ledger is rewritten, rule 3 has no baseline to hold the run to.
     entries = {} if args.update_baseline else before
     rows: list[Row] = []
-    for op_name, spec in ops().items():
-        if args.op and op_name not in args.op:
-            continue
-        for case in spec.cases:
-            if (case.slow and not args.slow) or (args.case and case.name not in args.case):
-                continue
-            rows += judge(op_name, case.name, entries, backends_run)
+    for op_name, case_name in selected:
+        rows += judge(op_name, case_name, entries, backends_run)
 
     print(_table(rows))
     failures = [v.message for row in rows for v in row.verdicts if not v.ok]
