@@ -400,9 +400,11 @@ def test_validate_resolves_the_shapes():
 def test_validate_accepts_jax_and_torch_arrays(library):
     if library == "jax":
         zeros, bf16, f32, i32 = jnp.zeros, jnp.bfloat16, jnp.float32, jnp.int32
+        api = "tops.ops"
     else:
         torch = pytest.importorskip("torch", reason="torch arrays need torch: tops[gpu]")
         zeros, bf16, f32, i32 = torch.zeros, torch.bfloat16, torch.float32, torch.int32
+        api = "tops.gpu"
     shapes = validate(
         zeros((1, 7, 2, 3), dtype=bf16),
         zeros((1, 7, 2, 3), dtype=bf16),
@@ -414,6 +416,7 @@ def test_validate_accepts_jax_and_torch_arrays(library):
         output_final_state=True,
         cu_seqlens=zeros((3,), dtype=i32),
         chunk_size=128,
+        api=api,
     )
     assert shapes == GLAShapes(1, 7, 2, 3, 5, 2, 0.25, True)
 
@@ -445,7 +448,6 @@ def _bad(**changes):
         (_bad(scale=np.ones(1, np.float32)), "scale"),
         (_bad(chunk_size=32), "chunk_size"),
         (_bad(chunk_size=64.0), "chunk_size"),
-        (_bad(output_final_state=1), "output_final_state"),
         (_bad(cu_seqlens=np.array([0, 5], np.int32)), "cu_seqlens"),  # B == 2
         (_bad(initial_state=np.zeros((3, 3, 4, 6), np.float32)), "initial_state"),
         (_bad(initial_state=np.zeros((2, 3, 4, 6), np.float64)), "initial_state"),
@@ -453,6 +455,19 @@ def _bad(**changes):
 )
 def test_bad_arguments_raise_value_errors_naming_them(changes, argument):
     with pytest.raises(ValueError, match=rf"^{argument} "):
+        validate(**(_valid() | changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "argument"),
+    [
+        (_bad(g_gamma=[0.0, 0.0, 0.0]), "g_gamma"),
+        (_bad(initial_state=(np.zeros((3, 4, 6), np.float32),) * 2), "initial_state"),
+        (_bad(output_final_state=1), "output_final_state"),
+    ],
+)
+def test_wrong_types_raise_type_errors_naming_them(changes, argument):
+    with pytest.raises(TypeError, match=rf"^{argument} must be a "):
         validate(**(_valid() | changes))
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tops.cpu import temperature_softmax
+from tops.cpu import temperature_softmax, temperature_softmax_vjp
 
 
 def test_two_logits_match_the_logistic_closed_form():
@@ -92,3 +92,59 @@ def test_empty_batch():
 def test_bad_arguments_raise_value_errors_naming_them(logits, temperature, argument):
     with pytest.raises(ValueError, match=argument):
         temperature_softmax(logits, temperature)
+
+
+def _softmax64(x: np.ndarray, t: float) -> np.ndarray:
+    """An independent float64 softmax of one finite row, for finite differences."""
+    e = np.exp((x - x.max()) / t)
+    return e / e.sum()
+
+
+def test_vjp_matches_central_finite_differences():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 9)) * 2).astype(np.float32)
+    g = rng.standard_normal((3, 9))
+    t = np.array([0.3, 1.0, 7.0], np.float32)
+    dx = temperature_softmax_vjp(x, t, g)
+    h = 1e-5  # truncation error about h**2, rounding about 1e-16 / h
+    for row in range(3):
+        x64, t64 = x[row].astype(np.float64), float(t[row])
+        for i in range(9):
+            step = np.zeros(9)
+            step[i] = h
+            up, down = _softmax64(x64 + step, t64), _softmax64(x64 - step, t64)
+            assert dx[row, i] == pytest.approx(g[row] @ (up - down) / (2 * h), rel=1e-7, abs=1e-9)
+
+
+def test_vjp_special_rows():
+    x = np.array(
+        [
+            [1.0, 2.0, 3.0],
+            [1.0, 2.0, 3.0],
+            [1.0, np.nan, 3.0],
+            [-np.inf, -np.inf, -np.inf],
+            [np.inf, np.inf, 0.0],
+            [1.0, -np.inf, 3.0],
+            [1.0, 2.0, 3.0],
+        ],
+        np.float32,
+    )
+    t = np.array([0.0, np.inf, 1.0, 1.0, 1.0, 1.0, -1.0], np.float32)
+    g = np.array([[1.0, -2.0, 0.5]] * 7)
+    dx = temperature_softmax_vjp(x, t, g)
+    np.testing.assert_array_equal(dx[[0, 1, 3]], 0.0)  # greedy, uniform, all -inf
+    assert np.isnan(dx[[2, 6]]).all()  # NaN logit, negative temperature
+    # +inf logits: the limit of equal large finite logits.
+    limit = temperature_softmax_vjp(np.array([[1e4, 1e4, 0.0]], np.float32), 1.0, g[:1])
+    np.testing.assert_allclose(dx[4], limit[0], rtol=1e-15)
+    assert dx[5, 1] == 0.0 and np.isfinite(dx[5]).all()
+    g_bad = g.copy()
+    g_bad[:, 1] = np.inf
+    dx_bad = temperature_softmax_vjp(x, t, g_bad)
+    np.testing.assert_array_equal(dx_bad[[0, 1]], 0.0)  # zero rows stay zero
+    assert np.isnan(dx_bad[[3, 4, 5]]).all()  # a non-finite cotangent: NaN
+
+
+def test_vjp_rejects_a_mismatched_cotangent():
+    with pytest.raises(ValueError, match="cotangent must have shape"):
+        temperature_softmax_vjp(np.zeros((2, 3), np.float32), 1.0, np.zeros((2, 4)))

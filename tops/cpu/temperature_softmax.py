@@ -1,6 +1,9 @@
-"""float64 reference for temperature softmax; ARCHITECTURE.md states the semantics."""
+"""float64 reference for temperature softmax and its gradient; ARCHITECTURE.md and
+``tops.spec.temperature_softmax`` state the semantics."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -48,3 +51,35 @@ def _softmax_row(x: np.ndarray, t: float) -> np.ndarray:
         z[finite] = 0.0 if t >= UNIFORM_TEMPERATURE else (x[finite] - m) / t
     e = np.exp(z)
     return e / e.sum()
+
+
+def temperature_softmax_vjp(logits, temperature, cotangent) -> np.ndarray:
+    """The gradient of ``sum(temperature_softmax(logits, T) * cotangent)`` w.r.t. the
+    logits, in float64 (the temperature gets none).
+
+    Args:
+      logits: as for :func:`temperature_softmax`.
+      temperature: as for :func:`temperature_softmax`.
+      cotangent: ``[B, V]``, anything NumPy converts to float64.
+
+    Returns:
+      ``float64[B, V]``. Per row, in order of precedence: the forward's NaN rows give NaN;
+      greedy (``T < 2**-126``) and uniform (``T >= 2**64``) rows give zeros; a row whose
+      cotangent is not finite gives NaN; otherwise ``p * (g - sum(p * g)) / T``, the sum
+      exact (``math.fsum``). All ``-inf`` rows and ``-inf`` entries (``p = 0``) get zeros;
+      ``+inf`` logits get the limit of equal large finite logits.
+    """
+    p = temperature_softmax(logits, temperature)
+    g = np.asarray(cotangent, dtype=np.float64)
+    if g.shape != p.shape:
+        raise ValueError(f"cotangent must have shape {p.shape}, got {g.shape}")
+    t = np.broadcast_to(np.asarray(temperature, np.float32), p.shape[:1]).astype(np.float64)
+    dx = np.zeros_like(p)
+    for row in range(p.shape[0]):
+        sampled = SMALLEST_NORMAL_F32 <= t[row] < UNIFORM_TEMPERATURE
+        if np.isnan(p[row]).any() or (sampled and not np.isfinite(g[row]).all()):
+            dx[row] = np.nan
+        elif sampled:
+            s = math.fsum(p[row] * g[row])
+            dx[row] = p[row] * (g[row] - s) / t[row]
+    return dx

@@ -23,6 +23,7 @@ OP_MODULES = (
     "tops.precision.cases.topk",
     "tops.precision.cases.simple_gla",
     "tops.precision.cases.simple_gla_grad",
+    "tops.precision.cases.temperature_softmax_grad",
     "tops.precision.cases.sampling",
 )
 KERNEL_BACKENDS = ("tpu", "gpu")

@@ -22,21 +22,78 @@ which violate ``cu[N] == T`` anyway).
 
 ``chunk_size`` (64 or 128) only changes how the kernels block the sequence, not the
 mathematical result.
+
+Bad input, the same on both APIs: every error is raised before any kernel is built and
+names the argument; higher-order derivatives name the limit (``FIRST_DERIVATIVES_ONLY``).
+One test per row and API, ``test_tpu_<row>`` in ``tests/ops/simple_gla/test_api.py`` and
+``test_gpu_<row>`` in ``test_gpu_api.py``:
+
+================  ==============================  ============================  ====================
+input             ``tops.ops`` (JAX)              ``tops.gpu`` (torch)          test name suffix
+================  ==============================  ============================  ====================
+lists, tuples     TypeError: takes JAX or NumPy   TypeError: takes torch        lists_and_tuples
+                  arrays (every array argument)   tensors
+NumPy scalars     ``scale``, ``chunk_size``: as   the same                      numpy_scalars
+                  Python numbers, same result
+wrong framework   TypeError for a torch tensor    TypeError for a JAX or NumPy  wrong_framework
+                                                  array
+x64 mode          f32, bf16: the bits of x64 off  float64: the same ValueError  x64_mode
+                  float64: ValueError (dtype)     (torch has no x64 mode)
+``B = 0``         ``o [0, T, H, V]``, final       the same                      empty_batch
+                  state ``[0, H, K, V]``, empty
+                  gradients
+``T = 0``         ValueError: ``q must have T,    the same                      no_tokens
+                  H, K >= 1``
+huge ``T``        ValueError above ``B * T <=     the same                      huge_seq_len
+                  MAX_TOKENS`` (int32 positions)
+head-first        :class:`HeadFirstWarning` for   the same                      head_first_layout
+layout            ``1 < T < H``, none otherwise
+higher-order      NotImplementedError (grad of    RuntimeError at the second    higher_order
+derivatives       grad, hessian, jvp of grad)     backward (create_graph=True)
+bool flags        TypeError unless a Python or    the same                      bool_flags
+                  NumPy bool
+================  ==============================  ============================  ====================
+
+``HeadFirstWarning`` follows flash-linear-attention's rule (``T < H`` suggests ``[B, H, T,
+K]`` read as ``[B, T, H, K]``) except for ``T = 1``, a decoding step, where ``T < H`` is
+the normal layout and a warning on every step would only be noise.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 
-from tops.spec.common import dtype_name, python_number, require_dtype, require_rank
+from tops.spec.common import (
+    dtype_name,
+    python_number,
+    require_array,
+    require_bool,
+    require_dtype,
+    require_rank,
+)
 
 CHUNK_SIZES = (64, 128)
 QKV_DTYPES = ("bfloat16", "float32")
 GATE_DTYPES = ("float32",)
 STATE_DTYPES = ("float32",)
 CU_SEQLENS_DTYPES = ("int32", "int64")
+# Token positions are int32 in every kernel (TPU scalar memory, the GPU kernels' cu_seqlens
+# and token arithmetic), and a position may reach one chunk past the last token.
+MAX_TOKENS = 2**31 - 1 - max(CHUNK_SIZES)
+FIRST_DERIVATIVES_ONLY = (
+    "chunk_simple_gla supports first derivatives only (reverse mode): its kernels have no "
+    "derivatives of their own, so a gradient of a gradient, a Hessian or a forward-mode "
+    "derivative of a gradient cannot be taken"
+)
+
+
+class HeadFirstWarning(UserWarning):
+    """``q`` looks head-first (``[B, H, T, K]``) where ``[B, T, H, K]`` is expected: ``T < H``
+    with more than one token. Silence it with ``warnings.filterwarnings("ignore",
+    category=HeadFirstWarning)`` when the layout is right."""
 
 
 @dataclass(frozen=True)
@@ -70,24 +127,41 @@ def validate(
     output_final_state,
     cu_seqlens,
     chunk_size,
+    api: str = "tops.ops",
 ) -> GLAShapes:
-    """Raise ValueError naming the argument unless the inputs satisfy the contract.
+    """Raise naming the argument unless the inputs satisfy the contract: TypeError for an
+    array argument that is not an array of ``api``'s framework or a flag that is not a
+    bool, ValueError for everything else. Warns :class:`HeadFirstWarning` when ``q`` looks
+    head-first.
 
     Args:
-      q: ``[B, T, H, K]``, bf16 or f32, ``T, H, K >= 1`` (``B == 0`` is allowed).
+      q: ``[B, T, H, K]``, bf16 or f32, ``T, H, K >= 1`` (``B == 0`` is allowed),
+        ``B * T <= MAX_TOKENS``.
       k: ``[B, T, H, K]``, the dtype and shape of ``q``.
       v: ``[B, T, H, V]``, the dtype of ``q``, ``V >= 1``.
       g: None or float32 ``[B, T, H]``.
       g_gamma: None or float32 ``[H]``.
       scale: None or a finite real Python (or NumPy scalar) number.
       initial_state: None or float32 ``[N, H, K, V]``.
-      output_final_state: a bool.
+      output_final_state: a Python or NumPy bool.
       cu_seqlens: None or int32 or int64 ``[N + 1]`` with ``N >= 1``; requires ``B == 1``.
       chunk_size: an int in ``CHUNK_SIZES``.
+      api: ``"tops.ops"`` (JAX or NumPy arrays; also the references') or ``"tops.gpu"``
+        (torch tensors).
 
     Returns:
       The resolved :class:`GLAShapes`.
     """
+    optional = {
+        "g": g,
+        "g_gamma": g_gamma,
+        "initial_state": initial_state,
+        "cu_seqlens": cu_seqlens,
+    }
+    for name, array in {"q": q, "k": k, "v": v, **optional}.items():
+        if array is not None or name not in optional:
+            require_array(name, array, api)
+    require_bool("output_final_state", output_final_state)
     require_rank("q", q, 4, "[B, T, H, K]")
     require_rank("k", k, 4, "[B, T, H, K]")
     require_rank("v", v, 4, "[B, T, H, V]")
@@ -99,6 +173,21 @@ def validate(
     batch, seq_len, heads, key_dim = (int(d) for d in q.shape)
     if seq_len < 1 or heads < 1 or key_dim < 1:
         raise ValueError(f"q must have T, H, K >= 1, got shape {tuple(q.shape)}")
+    if batch * seq_len > MAX_TOKENS:
+        raise ValueError(
+            f"q must have B * T <= {MAX_TOKENS} (token positions are int32), got shape "
+            f"{tuple(q.shape)}"
+        )
+    if 1 < seq_len < heads:
+        warnings.warn(
+            f"q has shape {tuple(q.shape)} with T = {seq_len} < H = {heads}: "
+            "chunk_simple_gla expects [B, T, H, K], not head-first [B, H, T, K]. Transpose "
+            "head-first inputs (q.transpose(1, 2) in torch, jnp.swapaxes(q, 1, 2) in JAX), or "
+            'silence this with warnings.filterwarnings("ignore", category=HeadFirstWarning) '
+            "(tops.spec.simple_gla.HeadFirstWarning)",
+            HeadFirstWarning,
+            stacklevel=3,
+        )
     if tuple(k.shape) != tuple(q.shape):
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     if tuple(v.shape[:3]) != (batch, seq_len, heads):
@@ -133,11 +222,6 @@ def validate(
         raise ValueError(f"chunk_size must be an int in {CHUNK_SIZES}, got {chunk_size!r}")
     if int(chunk_size) not in CHUNK_SIZES:
         raise ValueError(f"chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
-
-    if not isinstance(output_final_state, bool):
-        raise ValueError(
-            f"output_final_state must be a bool, got {type(output_final_state).__name__}"
-        )
 
     varlen = cu_seqlens is not None
     if varlen:

@@ -292,10 +292,9 @@ def test_tpu_empty_batch():
         ({"scale": float("nan")}, "scale"),
         ({"initial_state": jnp.zeros((2, 2, 64, 64), jnp.float32)}, "initial_state"),
         ({"cu_seqlens": np.asarray([0, 10], np.float32)}, "cu_seqlens must have dtype"),
-        ({"output_final_state": 1}, "output_final_state"),
     ],
     ids=["tpu_rank", "tpu_g_dtype", "tpu_g_gamma_shape", "tpu_chunk", "tpu_scale", "tpu_h0",
-         "tpu_cu_dtype", "tpu_final_flag"],
+         "tpu_cu_dtype"],
 )  # fmt: skip
 def test_tpu_rejects_bad_arguments(change, match):
     args = {

@@ -48,3 +48,18 @@ def test_gpu_accepts_strided_rows():
         cpu.temperature_softmax(x[::2], 1.0),
         rtol=2e-6,
     )
+
+
+def test_gpu_no_grad_through_out_and_in_place():
+    _, logits = _logits(batch=2, vocab=50)
+    logits.requires_grad_()
+    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    with pytest.raises(ValueError, match="out= is not differentiable"):
+        gpu.temperature_softmax(logits, 0.5, out=out)
+    with pytest.raises(ValueError, match="not differentiable"):
+        gpu.temperature_softmax_(logits, 0.5)
+    with torch.no_grad():
+        assert gpu.temperature_softmax(logits, 0.5, out=out) is out
+    expected = gpu.temperature_softmax(logits, 0.5)
+    assert expected.requires_grad
+    np.testing.assert_array_equal(out.cpu().numpy(), expected.detach().cpu().numpy())

@@ -8,7 +8,7 @@ import torch
 
 from tops.backends import torch_device
 from tops.gpu.simple_gla import backward, kernel
-from tops.spec.simple_gla import validate
+from tops.spec.simple_gla import FIRST_DERIVATIVES_ONLY, validate
 
 
 def chunk_simple_gla(
@@ -36,10 +36,10 @@ def chunk_simple_gla(
       v: ``[B, T, H, V]``, the dtype of ``q``.
       g: None or f32 ``[B, T, H]``, per-token log decay.
       g_gamma: None or f32 ``[H]``, per-head constant log decay (adds to ``g``).
-      scale: None (``K ** -0.5``) or a finite Python number.
+      scale: None (``K ** -0.5``) or a finite Python or NumPy number.
       initial_state: None (zeros) or f32 ``[N, H, K, V]``; ``N = B``, or the number of
         sequences with ``cu_seqlens``.
-      output_final_state: whether to return the final states.
+      output_final_state: whether to return the final states (a Python or NumPy bool).
       cu_seqlens: None or int32 or int64 (FLA's ``torch.long``) ``[N + 1]`` (``B == 1``):
         sequence ``n`` is tokens ``[cu[n], cu[n+1])``, any lengths, each from its own
         initial state. Read only on the device (no host sync).
@@ -56,8 +56,14 @@ def chunk_simple_gla(
       chunk states the forward stores.
 
     Raises:
+      TypeError: an array argument that is not a torch tensor, or a flag that is not a bool.
       ValueError: arguments that break the contract of :mod:`tops.spec.simple_gla`, or
-        tensors that are not torch tensors on the backend's device (all on ``q``'s).
+        tensors that are not on the backend's device (all on ``q``'s).
+      RuntimeError: when a gradient computed with ``create_graph=True`` is differentiated
+        (first derivatives only).
+
+    Warns:
+      HeadFirstWarning: ``1 < T < H`` suggests head-first ``[B, H, T, K]`` inputs.
     """
     shapes = validate(
         q,
@@ -70,6 +76,7 @@ def chunk_simple_gla(
         output_final_state=output_final_state,
         cu_seqlens=cu_seqlens,
         chunk_size=chunk_size,
+        api="tops.gpu",
     )
     named = {
         "q": q,
@@ -95,7 +102,7 @@ def chunk_simple_gla(
         initial_state,
         cu_seqlens,
         shapes.scale,
-        output_final_state,
+        bool(output_final_state),
         int(chunk_size),
     )
     return o, final_state
@@ -150,37 +157,53 @@ class _ChunkSimpleGLA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, g_gamma, initial_state, *rest = ctx.saved_tensors
-        if q.shape[0] == 0:
-            dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-            dg = torch.zeros_like(g) if ctx.has_g else None
-            dg_gamma = torch.zeros_like(g_gamma) if ctx.has_gamma else None
-            dh0 = torch.zeros_like(initial_state) if ctx.has_h0 else None
-            return dq, dk, dv, dg, dg_gamma, dh0, None, None, None, None
-        cu_seqlens, states = rest
-        do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
-        dht = None if dht is None else dht.to(torch.float32).contiguous()
-        dq, dk, dv, dg, dg_gamma, dh0 = backward.backward(
-            q,
-            k,
-            v,
-            g,
-            g_gamma,
-            ctx.scale,
-            states,
-            do,
-            dht,
-            cu_seqlens,
-            ctx.chunk_size,
-        )
-        return dq, dk, dv, dg, dg_gamma, (dh0 if ctx.has_h0 else None), None, None, None, None
+        saved = ctx.saved_tensors
+        with torch.no_grad():  # the kernels' outputs; create_graph=True is handled below
+            gradients = _gradients(ctx, saved, do, dht)
+        inputs = saved[:6]  # q, k, v, g, g_gamma, initial_state
+        sources = [t for t in (*inputs, do, dht) if t is not None and t.requires_grad]
+        if torch.is_grad_enabled() and sources:
+            gradients = _FirstDerivativesOnly.apply(len(sources), *sources, *gradients)
+        return (*gradients, None, None, None, None)
 
 
-def _require_device(name: str, tensor, q) -> None:
-    """``tensor`` is a torch tensor on the backend's device type, and on ``q``'s device."""
+def _gradients(ctx, saved, do, dht):
+    """``(dq, dk, dv, dg, dg_gamma, dh0)`` of :class:`_ChunkSimpleGLA` from its saved
+    tensors and the cotangents of ``o`` and the final state (None for absent inputs)."""
+    q, k, v, g, g_gamma, initial_state, *rest = saved
+    if q.shape[0] == 0:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dg = torch.zeros_like(g) if ctx.has_g else None
+        dg_gamma = torch.zeros_like(g_gamma) if ctx.has_gamma else None
+        dh0 = torch.zeros_like(initial_state) if ctx.has_h0 else None
+        return dq, dk, dv, dg, dg_gamma, dh0
+    cu_seqlens, states = rest
+    do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
+    dht = None if dht is None else dht.to(torch.float32).contiguous()
+    dq, dk, dv, dg, dg_gamma, dh0 = backward.backward(
+        q, k, v, g, g_gamma, ctx.scale, states, do, dht, cu_seqlens, ctx.chunk_size
+    )
+    return dq, dk, dv, dg, dg_gamma, (dh0 if ctx.has_h0 else None)
+
+
+class _FirstDerivativesOnly(torch.autograd.Function):
+    """The identity on :class:`_ChunkSimpleGLA`'s gradients under ``create_graph=True``,
+    tied to the tensors they depend on, whose backward raises: the Triton backward kernels
+    have no derivative. Without it the gradients would not require grad, and a second
+    backward would fail without naming the limit (or silently miss this op's part)."""
+
+    @staticmethod
+    def forward(ctx, num_sources, *tensors):
+        return tensors[num_sources:]
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        raise RuntimeError(FIRST_DERIVATIVES_ONLY)
+
+
+def _require_device(name: str, tensor: torch.Tensor, q: torch.Tensor) -> None:
+    """``tensor`` is on the backend's device type, and on ``q``'s device."""
     expected = torch_device()
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.device.type != expected:
         raise ValueError(f"{name} must be on the {expected} device, got {tensor.device}")
     if tensor.device != q.device:

@@ -1,26 +1,29 @@
-"""Temperature softmax on the GPU backend: torch wrappers around the Triton kernels."""
+"""Temperature softmax on the GPU backend: torch wrappers around the Triton kernels,
+differentiable w.r.t. the logits (``torch.autograd.Function``)."""
 
 from __future__ import annotations
-
-import numbers
 
 import torch
 
 from tops.backends import torch_device
 from tops.gpu.temperature_softmax import kernel
+from tops.spec.common import python_number, require_array
 from tops.spec.temperature_softmax import validate
 
 
-def temperature_softmax(logits, temperature, *, out=None) -> torch.Tensor:
+def temperature_softmax(
+    logits: torch.Tensor, temperature: float | torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``softmax(logits / T)`` per row, in float32, with the special rows of the contract.
 
     Args:
       logits: ``[B, V]`` bf16, f16 or f32 tensor on the GPU backend's device; any row
         stride (a last dim that is not contiguous is copied first).
-      temperature: Python number, or tensor of shape ``[]`` or ``[B]`` of any float dtype;
-        rounded to ``float32[B]`` on the logits' device.
+      temperature: Python or NumPy number, or tensor of shape ``[]`` or ``[B]`` of any
+        float dtype; rounded to ``float32[B]`` on the logits' device.
       out: optional ``float32[B, V]`` tensor on the logits' device to write into; may be
-        ``logits`` itself when that is float32.
+        ``logits`` itself when that is float32. Not differentiable: ValueError when
+        autograd would need the logits' gradient.
 
     Returns:
       ``float32[B, V]`` probabilities (``out`` when given). Per row: NaN or negative
@@ -29,39 +32,38 @@ def temperature_softmax(logits, temperature, *, out=None) -> torch.Tensor:
       maximum; one of at least ``2**64`` a row uniform over the entries above ``-inf``;
       a ``+inf`` maximum shares the mass evenly among the ``+inf`` entries. A negative
       Python-number temperature raises ValueError.
+
+    Gradient (``backward``, without ``out``): w.r.t. ``logits`` in their dtype, per row
+    ``p * (g - sum(p * g)) / T`` for the cotangent ``g``, with the special rows of
+    ``tops.spec.temperature_softmax`` (NaN rows NaN, greedy and uniform rows zero); the
+    temperature gets none.
     """
-    validate(logits, temperature)
-    _require_device("logits", logits)
-    batch, vocab = logits.shape
+    _validate(logits, temperature)
     if out is None:
-        out = torch.empty((batch, vocab), dtype=torch.float32, device=logits.device)
-    else:
-        _check_out(out, logits)
-    if batch == 0:
-        return out
-    x = logits if _last_dim_contiguous(logits) else logits.contiguous()
-    t = _temperature_rows(temperature, batch, logits.device)
-    if _last_dim_contiguous(out):
-        kernel.launch(x, t, out)
-    else:
-        result = torch.empty((batch, vocab), dtype=torch.float32, device=logits.device)
-        kernel.launch(x, t, result)
-        out.copy_(result)
+        return _TemperatureSoftmax.apply(logits, temperature)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        raise ValueError(
+            "out= is not differentiable and logits requires grad: pass out=None (or run "
+            "under torch.no_grad())"
+        )
+    _check_out(out, logits)
+    _forward(logits, temperature, out)
     return out
 
 
-def temperature_softmax_(logits, temperature) -> torch.Tensor:
+def temperature_softmax_(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """In-place :func:`temperature_softmax`: writes the probabilities into ``logits``.
 
     Args:
-      logits: ``float32[B, V]`` tensor, contiguous in its last dim, rows not overlapping.
-      temperature: Python number, or tensor of shape ``[]`` or ``[B]`` of any float dtype.
+      logits: ``float32[B, V]`` tensor, contiguous in its last dim, rows not overlapping;
+        not differentiable (ValueError when it requires grad and autograd is on).
+      temperature: Python or NumPy number, or tensor of shape ``[]`` or ``[B]`` of any
+        float dtype.
 
     Returns:
       ``logits``, now holding ``float32[B, V]`` probabilities.
     """
-    validate(logits, temperature)
-    _require_device("logits", logits)
+    _validate(logits, temperature)
     if logits.dtype != torch.float32:
         raise ValueError(f"logits must be float32 to be written in place, got {logits.dtype}")
     if not _last_dim_contiguous(logits):
@@ -69,12 +71,65 @@ def temperature_softmax_(logits, temperature) -> torch.Tensor:
             f"logits must be contiguous in its last dim to be written in place, "
             f"got strides {tuple(logits.stride())}"
         )
+    if torch.is_grad_enabled() and logits.requires_grad:
+        raise ValueError(
+            "the in-place temperature_softmax_ is not differentiable and logits requires "
+            "grad: use temperature_softmax"
+        )
     _require_disjoint_rows("logits", logits)
-    batch = logits.shape[0]
-    if batch == 0:
-        return logits
-    kernel.launch(logits, _temperature_rows(temperature, batch, logits.device), logits)
+    _forward(logits, temperature, logits)
     return logits
+
+
+class _TemperatureSoftmax(torch.autograd.Function):
+    """Forward by :func:`tops.gpu.temperature_softmax.kernel.launch`, saving the
+    probabilities; backward by :func:`~tops.gpu.temperature_softmax.kernel.launch_grad`,
+    the logits' gradient in their dtype (none for the temperature)."""
+
+    @staticmethod
+    def forward(ctx, logits, temperature):
+        batch, vocab = logits.shape
+        probs = torch.empty((batch, vocab), dtype=torch.float32, device=logits.device)
+        t = _forward(logits, temperature, probs)
+        ctx.save_for_backward(probs, t)
+        ctx.logits_dtype = logits.dtype
+        return probs
+
+    @staticmethod
+    def backward(ctx, cotangent):
+        probs, t = ctx.saved_tensors
+        dx = torch.empty_like(probs)
+        if probs.shape[0] > 0:
+            # The forward's NaN rows (a NaN logit) enter the kernel as a NaN temperature.
+            t = torch.where(probs[:, 0].isnan(), torch.nan, t)
+            cotangent = cotangent.to(torch.float32).contiguous()
+            kernel.launch_grad(probs, cotangent, t, dx)
+        return dx.to(ctx.logits_dtype), None
+
+
+def _validate(logits, temperature) -> None:
+    require_array("logits", logits, "tops.gpu")
+    if python_number(temperature) is None:
+        require_array("temperature", temperature, "tops.gpu")
+    validate(logits, temperature)
+    _require_device("logits", logits)
+
+
+def _forward(logits: torch.Tensor, temperature, out: torch.Tensor) -> torch.Tensor:
+    """Write the probabilities into ``out`` (``float32[B, V]``, rows not overlapping, may
+    be ``logits``); returns the ``float32[B]`` temperatures used."""
+    batch = logits.shape[0]
+    t = _temperature_rows(temperature, batch, logits.device)
+    if batch == 0:
+        return t
+    x = logits if _last_dim_contiguous(logits) else logits.contiguous()
+    if _last_dim_contiguous(out):
+        kernel.launch(x, t, out)
+    else:
+        result = torch.empty(tuple(out.shape), dtype=torch.float32, device=out.device)
+        kernel.launch(x, t, result)
+        out.copy_(result)
+    return t
 
 
 def _last_dim_contiguous(tensor: torch.Tensor) -> bool:
@@ -112,8 +167,10 @@ def _check_out(out, logits: torch.Tensor) -> None:
 
 def _temperature_rows(temperature, batch: int, device: torch.device) -> torch.Tensor:
     """``float32[batch]`` temperatures on ``device`` from a number or ``[]``/``[B]`` tensor."""
-    if isinstance(temperature, numbers.Number):
-        t = torch.tensor(float(temperature), dtype=torch.float32, device=device)
+    value = python_number(temperature)
+    if value is not None:
+        t = torch.tensor(value, dtype=torch.float32, device=device)
     else:
-        t = torch.as_tensor(temperature).to(device=device, dtype=torch.float32)
+        # detach: the temperature gets no gradient, and the rows are saved for backward.
+        t = temperature.detach().to(device=device, dtype=torch.float32)
     return t.expand(batch).contiguous() if t.ndim == 0 else t.contiguous()

@@ -17,6 +17,11 @@ the interpreter and native code round them identically.
 
 Both kernels accept ``out`` aliasing ``logits`` (in place): every element is read by the
 same program before it is written.
+
+Backward kernels (same single/multi-pass split): ``dx = p * (g - s) / T`` from the saved
+probabilities ``p`` and their cotangent ``g``, ``s = sum(p * g) / sum(p)`` summed in
+double-float32 by a fixed pairwise tree of error-free additions, compiled without FMA
+contraction (``GRAD_OPTIONS``): the arithmetic of the Pallas backward.
 """
 
 from __future__ import annotations
@@ -253,13 +258,197 @@ def launch_multi_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torc
     )
 
 
+# ---------------------------------------------------------------------------------------
+# Backward: ``dx = p * (g - s) / T`` per row, ``s = sum(p * g) / sum(p)`` in
+# double-float32, the arithmetic of the Pallas backward (``tops.ops.temperature_softmax``).
+
+# ptxas must not contract a multiply into the add that follows: the error-free
+# transformations below rely on both being rounded, as the interpreter (NumPy) rounds them.
+GRAD_OPTIONS = {"enable_fp_fusion": False}
+_SPLITTER = tl.constexpr(4097.0)  # 2**12 + 1: splits a float32 significand in two halves
+
+
+@triton.jit
+def _two_sum(a, b):
+    """``(s, err)``: ``s = fl(a + b)``, ``s + err == a + b`` exactly (Knuth)."""
+    s = a + b
+    b_virtual = s - a
+    a_virtual = s - b_virtual
+    return s, (a - a_virtual) + (b - b_virtual)
+
+
+@triton.jit
+def _add_dd(a_hi, a_lo, b_hi, b_lo):
+    """Double-float ``a + b``, normalised (``tops.ops.double_float.add_dd``)."""
+    s, err = _two_sum(a_hi, b_hi)
+    lo = err + (a_lo + b_lo)
+    hi = s + lo
+    return hi, lo - (hi - s)
+
+
+@triton.jit
+def _two_prod(a, b):
+    """``(p, err)``: ``p = fl(a * b)``, ``p + err == a * b`` exactly (Dekker, Veltkamp's
+    split; no FMA, so the interpreter and sm_90 agree bit for bit)."""
+    p = a * b
+    t = a * _SPLITTER
+    a_hi = t - (t - a)
+    a_lo = a - a_hi
+    t = b * _SPLITTER
+    b_hi = t - (t - b)
+    b_lo = b - b_hi
+    return p, ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+@triton.jit
+def _sum_dd(hi, lo, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
+    """Double-float sum of a ``[BLOCK]`` double-float vector (``BLOCK = 2**LOG2_BLOCK``)
+    by a fixed pairwise tree of error-free additions: accurate to about 2**-44 whatever
+    the layout, and the same bits interpreted and compiled."""
+    for level in tl.static_range(LOG2_BLOCK):
+        a_hi, b_hi = tl.split(tl.reshape(hi, (BLOCK >> (level + 1), 2)))
+        a_lo, b_lo = tl.split(tl.reshape(lo, (BLOCK >> (level + 1), 2)))
+        hi, lo = _add_dd(a_hi, a_lo, b_hi, b_lo)
+    return tl.sum(hi, axis=0), tl.sum(lo, axis=0)  # one element each: exact
+
+
+@triton.jit
+def _block_sums(p, g, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
+    """``(pg_hi, pg_lo, p_hi, p_lo)``: double-float ``sum(p * g)`` (exact products) and
+    ``sum(p)`` of a ``[BLOCK]`` chunk."""
+    pg_hi, pg_lo = _sum_dd(*_two_prod(p, g), BLOCK, LOG2_BLOCK)
+    p_hi, p_lo = _sum_dd(p, tl.zeros_like(p), BLOCK, LOG2_BLOCK)
+    return pg_hi, pg_lo, p_hi, p_lo
+
+
+@triton.jit
+def _row_mean(pg_hi, pg_lo, p_hi, p_lo):
+    """``s = sum(p * g) / sum(p)`` as a double-float ``(s_hi, s_lo)`` (why ``sum(p)``:
+    ``tops.ops.temperature_softmax.kernel._row_mean``); ``s = 0`` where ``sum(p) = 0``."""
+    total = tl.where(p_hi > 0.0, p_hi, 1.0)
+    inv = tl.math.div_rn(tl.full((), 1.0, tl.float32), total)
+    q = pg_hi * inv
+    prod, err = _two_prod(q, total)
+    residual = ((pg_hi - prod) - err) + (pg_lo - q * p_lo)
+    return q, residual * inv
+
+
+@triton.jit
+def _grad_row(t):
+    """``(nan_row, zero_row, inv_t)`` from the row's temperature ``t`` (f32 scalar): NaN or
+    negative ``t`` (the launcher also sets NaN for the forward's NaN rows); greedy or
+    uniform ``t``, where the forward is constant in the logits; ``1 / t`` rounded once."""
+    nan_row = (t != t) | (t < 0.0)
+    zero_row = (t < _TINY) | (t >= _UNIFORM_T)
+    t_safe = tl.where(nan_row | zero_row, 1.0, t)
+    return nan_row, zero_row, tl.math.div_rn(tl.full((), 1.0, tl.float32), t_safe)
+
+
+@triton.jit
+def _grad_values(p, g, s_hi, s_lo, nan_row, zero_row, inv_t):
+    """``p * (g - s) / T`` with the special rows; ``g - s`` is formed against both parts
+    of ``s`` (``g - s_hi`` is exact where they are close), then two products, exactly the
+    arithmetic of the Pallas kernel."""
+    dx = (p * ((g - s_hi) - s_lo)) * inv_t
+    dx = tl.where(zero_row, 0.0, dx)
+    return tl.where(nan_row, float("nan"), dx)
+
+
+@triton.jit
+def _grad_single_pass_kernel(
+    p_ptr, g_ptr, temperature_ptr, dx_ptr, V, BLOCK_V: tl.constexpr, LOG2_BLOCK_V: tl.constexpr
+):
+    """Whole row in one block. Grid ``(B,)``: program ``r`` handles row ``r``.
+
+    Blocks touched per program: ``p_ptr`` (probabilities), ``g_ptr`` (their cotangent):
+    ``[BLOCK_V]`` f32 of row ``r`` (rows contiguous, masked to ``V``), read once;
+    ``temperature_ptr``: ``[]`` f32; ``dx_ptr``: ``[BLOCK_V]`` f32 of row ``r``, written once.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_V)
+    mask = offs < V
+    p = tl.load(p_ptr + row * V + offs, mask=mask, other=0.0)
+    g = tl.load(g_ptr + row * V + offs, mask=mask, other=0.0)
+    s_hi, s_lo = _row_mean(*_block_sums(p, g, BLOCK_V, LOG2_BLOCK_V))
+    nan_row, zero_row, inv_t = _grad_row(tl.load(temperature_ptr + row))
+    dx = _grad_values(p, g, s_hi, s_lo, nan_row, zero_row, inv_t)
+    tl.store(dx_ptr + row * V + offs, dx, mask=mask)
+
+
+@triton.jit
+def _grad_multi_pass_kernel(
+    p_ptr, g_ptr, temperature_ptr, dx_ptr, V, BLOCK_V: tl.constexpr, LOG2_BLOCK_V: tl.constexpr
+):
+    """Row in ``BLOCK_V`` chunks. Grid ``(B,)``: program ``r`` handles row ``r``.
+
+    Loop 1 adds each chunk's double-float ``sum(p * g)`` and ``sum(p)`` to the row's;
+    loop 2 writes ``dx``.
+    Blocks touched per program: ``p_ptr``, ``g_ptr``: ``[BLOCK_V]`` f32 chunks of row ``r``
+    (last one masked), each read twice; ``temperature_ptr``: ``[]`` f32; ``dx_ptr``:
+    ``[BLOCK_V]`` f32 chunks, each written once.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.arange(0, BLOCK_V)
+    pg_hi = tl.full((), 0.0, tl.float32)
+    pg_lo = pg_hi
+    p_hi = pg_hi
+    p_lo = pg_hi
+    for start in range(0, V, BLOCK_V):
+        offs = start + chunk
+        mask = offs < V
+        p = tl.load(p_ptr + row * V + offs, mask=mask, other=0.0)
+        g = tl.load(g_ptr + row * V + offs, mask=mask, other=0.0)
+        c_pg_hi, c_pg_lo, c_p_hi, c_p_lo = _block_sums(p, g, BLOCK_V, LOG2_BLOCK_V)
+        pg_hi, pg_lo = _add_dd(pg_hi, pg_lo, c_pg_hi, c_pg_lo)
+        p_hi, p_lo = _add_dd(p_hi, p_lo, c_p_hi, c_p_lo)
+    s_hi, s_lo = _row_mean(pg_hi, pg_lo, p_hi, p_lo)
+    nan_row, zero_row, inv_t = _grad_row(tl.load(temperature_ptr + row))
+    for start in range(0, V, BLOCK_V):
+        offs = start + chunk
+        mask = offs < V
+        p = tl.load(p_ptr + row * V + offs, mask=mask, other=0.0)
+        g = tl.load(g_ptr + row * V + offs, mask=mask, other=0.0)
+        dx = _grad_values(p, g, s_hi, s_lo, nan_row, zero_row, inv_t)
+        tl.store(dx_ptr + row * V + offs, dx, mask=mask)
+
+
+def launch_grad(
+    probs: torch.Tensor, cotangent: torch.Tensor, temperature: torch.Tensor, dx: torch.Tensor
+) -> None:
+    """Write the logits' gradient into ``dx``; picks the kernel by ``V`` as :func:`launch`.
+
+    Args:
+      probs: the forward's ``float32[B, V]``, ``B >= 1``, contiguous.
+      cotangent: ``float32[B, V]``, contiguous.
+      temperature: ``float32[B]``, contiguous, NaN where the forward's row is NaN.
+      dx: ``float32[B, V]``, contiguous.
+    """
+    batch, vocab = probs.shape
+    if vocab <= SINGLE_PASS_MAX_V:
+        kernel, block_v = _grad_single_pass_kernel, triton.next_power_of_2(vocab)
+    else:
+        kernel, block_v = _grad_multi_pass_kernel, MULTI_PASS_BLOCK_V
+    kernel[(batch,)](
+        probs,
+        cotangent,
+        temperature,
+        dx,
+        vocab,
+        BLOCK_V=block_v,
+        LOG2_BLOCK_V=block_v.bit_length() - 1,
+        num_warps=num_warps_for(block_v),
+        **GRAD_OPTIONS,
+    )
+
+
 def compile_configs() -> list[dict]:
     """Every shipped kernel configuration, for the compile-only checks.
 
     Each logits dtype (bf16, f16, f32) for the single-pass kernel at the smallest (1) and
     largest (``SINGLE_PASS_MAX_V``) block it can pick, and for the multi-pass kernel at
-    ``MULTI_PASS_BLOCK_V``, each with the warps it launches with. Entries:
-    ``{"name", "kernel", "signature", "constexprs", "num_warps"}``.
+    ``MULTI_PASS_BLOCK_V``, each with the warps it launches with; the same three blocks for
+    the float32 backward kernels, with their ``options`` (``enable_fp_fusion=False``).
+    Entries: ``{"name", "kernel", "signature", "constexprs", "num_warps"[, "options"]}``.
     """
     configs = []
     for dtype in ("bf16", "fp16", "fp32"):
@@ -284,4 +473,20 @@ def compile_configs() -> list[dict]:
                     "num_warps": num_warps_for(block_v),
                 }
             )
+    grad_signature = dict.fromkeys(("p_ptr", "g_ptr", "temperature_ptr", "dx_ptr"), "*fp32")
+    grad_signature.update(V="i32", BLOCK_V="constexpr", LOG2_BLOCK_V="constexpr")
+    shipped = [(_grad_single_pass_kernel, 1), (_grad_single_pass_kernel, SINGLE_PASS_MAX_V)]
+    shipped.append((_grad_multi_pass_kernel, MULTI_PASS_BLOCK_V))
+    for kernel, block_v in shipped:
+        num_warps = num_warps_for(block_v)
+        configs.append(
+            {
+                "name": f"{kernel.__name__.strip('_')}_fp32_BLOCK{block_v}",
+                "kernel": kernel,
+                "signature": dict(grad_signature),
+                "constexprs": {"BLOCK_V": block_v, "LOG2_BLOCK_V": block_v.bit_length() - 1},
+                "num_warps": num_warps,
+                "options": {"num_warps": num_warps, **GRAD_OPTIONS},
+            }
+        )
     return configs

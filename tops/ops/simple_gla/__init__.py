@@ -18,7 +18,7 @@ from jax.typing import ArrayLike
 from tops.backends import pallas_interpret
 from tops.ops.simple_gla import backward, kernel
 from tops.ops.simple_gla.alibi import build_alibi_slopes, make_alibi_g_gamma
-from tops.spec.simple_gla import validate
+from tops.spec.simple_gla import FIRST_DERIVATIVES_ONLY, validate
 
 __all__ = ["build_alibi_slopes", "chunk_simple_gla", "make_alibi_g_gamma"]
 
@@ -43,9 +43,9 @@ def chunk_simple_gla(
         Any ``B >= 0``, ``T, H, K, V >= 1``.
       g: None or float32 ``[B, T, H]``, per-token log decay.
       g_gamma: None or float32 ``[H]``, per-head constant log decay (adds to ``g``).
-      scale: None (``K ** -0.5``) or a finite Python number.
+      scale: None (``K ** -0.5``) or a finite Python or NumPy number.
       initial_state: None (zeros) or float32 ``[N, H, K, V]``.
-      output_final_state: whether to return the final states.
+      output_final_state: whether to return the final states (a Python or NumPy bool).
       cu_seqlens: None or int32 or int64 ``[N + 1]`` with ``B == 1`` (converted to int32):
         packed sequences ``[cu[n], cu[n+1])``, each from its own initial state. May be
         traced; its entries must satisfy the contract of ``tops/spec/simple_gla.py``.
@@ -59,10 +59,18 @@ def chunk_simple_gla(
     Differentiable (``jax.grad``, ``jax.vjp``, under ``jax.jit`` or not) w.r.t. ``q, k,
     v, g, g_gamma, initial_state``, with cotangents for ``o`` and ``final_state``;
     gradients come back in each input's dtype (``d g_gamma[h]`` sums the gradient of
-    every token's total log decay of head ``h``). ``cu_seqlens`` gets none.
+    every token's total log decay of head ``h``). ``cu_seqlens`` gets none. First
+    derivatives only. Under ``jax_enable_x64`` the results are those without it.
 
     Raises:
+      TypeError: an array argument that is not a JAX or NumPy array (a list, a torch
+        tensor), or ``output_final_state`` that is not a bool.
       ValueError: an argument violates the contract (named in the message).
+      NotImplementedError: when a gradient is differentiated (``jax.grad`` of ``jax.grad``,
+        ``jax.hessian``, ``jax.jvp`` of ``jax.grad``).
+
+    Warns:
+      HeadFirstWarning: ``1 < T < H`` suggests head-first ``[B, H, T, K]`` inputs.
     """
     shapes = validate(
         q,
@@ -75,7 +83,9 @@ def chunk_simple_gla(
         output_final_state=output_final_state,
         cu_seqlens=cu_seqlens,
         chunk_size=chunk_size,
+        api="tops.ops",
     )
+    output_final_state = bool(output_final_state)
     if shapes.batch == 0:
         o = jnp.zeros((0, shapes.seq_len, shapes.heads, shapes.value_dim), v.dtype)
         state_shape = (0, shapes.heads, shapes.key_dim, shapes.value_dim)
@@ -133,20 +143,33 @@ def _differentiable(
     return o, final_state
 
 
-def _differentiable_fwd(
-    q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, chunk_size, output_final_state, interpret
-):
+def _first_derivatives_only(launch):
+    """``launch(scale, chunk_size, output_final_state, interpret, *arrays)``, run by the
+    custom_vjp's forward or backward, with a JVP rule that raises. The Pallas kernels have
+    no derivative rules (differentiating them fails on a bare assertion inside
+    ``pallas_call``), and only a derivative of a derivative differentiates these launches."""
+    launch = jax.custom_jvp(launch, nondiff_argnums=(0, 1, 2, 3))
+
+    @launch.defjvp
+    def _refuse(scale, chunk_size, output_final_state, interpret, primals, tangents):
+        raise NotImplementedError(FIRST_DERIVATIVES_ONLY)
+
+    return launch
+
+
+@_first_derivatives_only
+def _saving_forward(scale, chunk_size, output_final_state, interpret, arrays):
     """The forward, also saving the state before every segment (padded layout)."""
-    o, final_state, states = kernel.forward(
-        q, k, v, g, g_gamma, initial_state, cu_seqlens,
-        scale=scale, chunk_size=chunk_size, output_final_state=output_final_state,
+    return kernel.forward(
+        *arrays, scale=scale, chunk_size=chunk_size, output_final_state=output_final_state,
         save_states=True, interpret=interpret, padded_states=True,
     )  # fmt: skip
-    residuals = (q, k, v, g, g_gamma, initial_state, cu_seqlens, states)
-    return (o, final_state), residuals
 
 
-def _differentiable_bwd(scale, chunk_size, output_final_state, interpret, residuals, cotangents):
+@_first_derivatives_only
+def _gradients(scale, chunk_size, output_final_state, interpret, residuals, cotangents):
+    """``(dq, dk, dv, dg, dg_gamma, dh0)`` from the forward's residuals and the
+    cotangents of ``(o, final_state)``."""
     q, k, v, g, g_gamma, initial_state, cu_seqlens, states = residuals
     do, dht = cotangents
     dq, dk, dv, da, dh0 = backward.backward(
@@ -155,7 +178,22 @@ def _differentiable_bwd(scale, chunk_size, output_final_state, interpret, residu
     )  # fmt: skip
     dg = da if g is not None else None
     dg_gamma = backward.sum_tokens(da) if g_gamma is not None else None
-    return dq, dk, dv, dg, dg_gamma, dh0, None
+    return dq, dk, dv, dg, dg_gamma, dh0
+
+
+def _differentiable_fwd(
+    q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, chunk_size, output_final_state, interpret
+):
+    arrays = (q, k, v, g, g_gamma, initial_state, cu_seqlens)
+    o, final_state, states = _saving_forward(
+        scale, chunk_size, output_final_state, interpret, arrays
+    )
+    return (o, final_state), (*arrays, states)
+
+
+def _differentiable_bwd(scale, chunk_size, output_final_state, interpret, residuals, cotangents):
+    gradients = _gradients(scale, chunk_size, output_final_state, interpret, residuals, cotangents)
+    return (*gradients, None)
 
 
 _differentiable.defvjp(_differentiable_fwd, _differentiable_bwd)

@@ -274,7 +274,7 @@ def backward(
         in_specs.append(pl.BlockSpec((None, None, GATE_ROWS, LANES), maps.gate))
     if g_gamma is not None:
         inputs.append(g_gamma)
-        in_specs.append(pl.BlockSpec(memory_space=pltpu.SMEM))
+        in_specs.append(pl.BlockSpec((heads,), maps.gamma, memory_space=pltpu.SMEM))
     inputs.append(states)
     in_specs.append(pl.BlockSpec((None, None, None, kp, bv), maps.saved))
     state_spec = pl.BlockSpec((None, None, kp, bv), maps.state)

@@ -49,6 +49,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -58,6 +59,11 @@ from tops.ops.double_float import add_dd
 LANES = 128
 # Chunks per gate block: the gate array's second-minor block dimension (float32 sublanes).
 GATE_ROWS = 8
+# Index arithmetic is int32 (Mosaic has no 64-bit scalars). JAX reads a Python int passed
+# to lax, to pltpu.roll or returned by an index map as the default integer, int64 under
+# jax_enable_x64, so those constants enter typed.
+_GATE_ROWS_I32 = np.int32(GATE_ROWS)
+_ZERO_I32 = np.int32(0)
 # Widest value tile: the state is ``(Kp, BV)`` per grid step, BV <= 256 lanes (256 KiB of
 # float32 state at K = 256, double-buffered initial and final state blocks included
 # about 1.3 MiB). Value columns of the recurrence are independent, so tiles are parallel.
@@ -98,11 +104,12 @@ def _inclusive_scan_dd(x, length):
     shift = 1
     while shift < length:
         keep = lanes >= shift  # pltpu.roll is jnp.roll: lane i receives lane i - shift
+        amount = np.int32(shift)
         hi, lo = add_dd(
             hi,
             lo,
-            jnp.where(keep, pltpu.roll(hi, shift, 1), 0.0),
-            jnp.where(keep, pltpu.roll(lo, shift, 1), 0.0),
+            jnp.where(keep, pltpu.roll(hi, amount, 1), 0.0),
+            jnp.where(keep, pltpu.roll(lo, amount, 1), 0.0),
         )
         shift *= 2
     return hi, lo
@@ -127,7 +134,7 @@ def _segment(prefetch, *, chunk, seq_len, varlen, num_segments=None, reverse=Fal
     s = segment_id(num_segments, reverse=reverse)
     if not varlen:
         last = True if num_segments is None else s == num_segments - 1
-        return lax.rem(s, GATE_ROWS), 0, jnp.minimum(chunk, seq_len - s * chunk), s == 0, last
+        return lax.rem(s, _GATE_ROWS_I32), 0, jnp.minimum(chunk, seq_len - s * chunk), s == 0, last
     chunk_ref, seq_ref, cu_ref = prefetch
     c = chunk_ref[s]  # the sentinel num_chunks marks a no-op segment: its window is empty
     n = seq_ref[s]
@@ -141,7 +148,7 @@ def _segment(prefetch, *, chunk, seq_len, varlen, num_segments=None, reverse=Fal
     else:
         last = (s == num_segments - 1) | (n != seq_ref[jnp.minimum(s + 1, num_segments - 1)])
     num_chunks = pl.cdiv(seq_len, chunk)
-    return lax.rem(jnp.minimum(c, num_chunks - 1), GATE_ROWS), lo, hi, first, last
+    return lax.rem(jnp.minimum(c, num_chunks - 1), _GATE_ROWS_I32), lo, hi, first, last
 
 
 def segment_id(num_segments, *, reverse):
@@ -350,6 +357,10 @@ class IndexMaps:
         s = self.segment(s)
         return jnp.minimum(tables[0][s], self.num_chunks - 1) if self.varlen else s
 
+    def gamma(self, b, h, iv, s, *tables):
+        """``g_gamma [H]`` whole, in SMEM (Pallas's default map returns int64 under x64)."""
+        return (_ZERO_I32,)
+
     def key(self, b, h, iv, s, *tables):
         """``[B, T, H * Kp]`` in ``(C, Kp)`` blocks."""
         return (b, self.chunk(s, tables), h)
@@ -364,20 +375,20 @@ class IndexMaps:
 
     def gate(self, b, h, iv, s, *tables):
         """``[B, H, NT8, 128]`` in ``(8, 128)`` blocks."""
-        return (b, h, lax.div(self.chunk(s, tables), GATE_ROWS), 0)
+        return (b, h, lax.div(self.chunk(s, tables), _GATE_ROWS_I32), _ZERO_I32)
 
     def gate_tile(self, b, h, iv, s, *tables):
         """``[Vp / BV, B, H, NT8, 128]`` in ``(8, 128)`` blocks."""
-        return (iv, b, h, lax.div(self.chunk(s, tables), GATE_ROWS), 0)
+        return (iv, b, h, lax.div(self.chunk(s, tables), _GATE_ROWS_I32), _ZERO_I32)
 
     def state(self, b, h, iv, s, *tables):
         """``[N, H, Kp, Vp]`` in ``(Kp, BV)`` blocks: the segment's sequence."""
         n = tables[1][self.segment(s)] if self.varlen else b
-        return (n, h, 0, iv)
+        return (n, h, _ZERO_I32, iv)
 
     def saved(self, b, h, iv, s, *tables):
         """``[B, H, S, Kp, Vp]`` in ``(Kp, BV)`` blocks: the segment's own."""
-        return (b, h, self.segment(s), 0, iv)
+        return (b, h, self.segment(s), _ZERO_I32, iv)
 
 
 def forward(
@@ -449,7 +460,7 @@ def forward(
         in_specs.append(pl.BlockSpec((None, None, GATE_ROWS, LANES), maps.gate))
     if g_gamma is not None:
         inputs.append(g_gamma)
-        in_specs.append(pl.BlockSpec(memory_space=pltpu.SMEM))
+        in_specs.append(pl.BlockSpec((heads,), maps.gamma, memory_space=pltpu.SMEM))
     state_spec = pl.BlockSpec((None, None, kp, bv), maps.state)
     if initial_state is not None:
         pad = ((0, 0), (0, 0), (0, kp - key_dim), (0, vp - value_dim))

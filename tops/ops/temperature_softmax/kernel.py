@@ -22,6 +22,12 @@ Two variants:
 * two pass: a statistics kernel walks vocabulary blocks (reduction axis last) and
   leaves per-row max, arg-max, NaN flag and sum; a normalise kernel then writes the
   probabilities. Reads the logits twice, writes once.
+
+Backward (``dx = p * (g - s) / T``, ``s = sum(p * g) / sum(p)``, from the saved float32
+probabilities and their cotangent, 8-row blocks): the same two variants at the same
+threshold; the row sums are per-lane double-float sums of exact products (TwoProduct)
+combined by the same butterfly, so ``s`` is exact to about 2**-44 and the kernel does the
+arithmetic of the Triton backward (``tops.gpu.temperature_softmax.kernel``).
 """
 
 from __future__ import annotations
@@ -141,6 +147,14 @@ def _block_sum(x_ref, n_slices, col0, vocab, lane_max, row, acc_hi, acc_lo):
     return lax.fori_loop(0, n_slices, body, (acc_hi, acc_lo))
 
 
+def _lane_total_dd(hi, lo):
+    """The double-float total of each row of ``(R, 128)`` lanes, in every lane: an
+    all-reduce butterfly of error-free additions over ``pltpu.roll``."""
+    for shift in _BUTTERFLY_SHIFTS:
+        hi, lo = add_dd(hi, lo, pltpu.roll(hi, shift, 1), pltpu.roll(lo, shift, 1))
+    return hi, lo
+
+
 def _combine_lanes(lane_max, lane_arg, lane_nan, acc_hi, acc_lo, row):
     """Reduce the per-lane state to per-row values, each broadcast over ``(R, 128)``.
 
@@ -150,11 +164,7 @@ def _combine_lanes(lane_max, lane_arg, lane_nan, acc_hi, acc_lo, row):
     """
     row_max = jnp.max(lane_max, axis=1, keepdims=True)
     factor_hi, factor_lo = exp_dd(*_scaled_gap(lane_max, row_max, row))
-    sum_hi, sum_lo = mul_dd(acc_hi, acc_lo, factor_hi, factor_lo)
-    for shift in _BUTTERFLY_SHIFTS:
-        sum_hi, sum_lo = add_dd(
-            sum_hi, sum_lo, pltpu.roll(sum_hi, shift, 1), pltpu.roll(sum_lo, shift, 1)
-        )
+    sum_hi, sum_lo = _lane_total_dd(*mul_dd(acc_hi, acc_lo, factor_hi, factor_lo))
     row_arg = jnp.min(jnp.where(lane_max == row_max, lane_arg, _INT_MAX), axis=1, keepdims=True)
     row_nan = jnp.max(lane_nan, axis=1, keepdims=True) > 0
     shape = lane_max.shape
@@ -384,17 +394,205 @@ def two_pass(logits, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
     )(temperature_col, *stats, kernel_operand(logits))
 
 
+# ---------------------------------------------------------------------------------------
+# Backward: ``dx = p * (g - s) / T`` per row, ``s = sum(p * g) / sum(p)``.
+
+
+class _GradRowParams:
+    """Per-row cases of the backward from the temperature, shape ``(R, 1)``: NaN rows
+    (NaN or negative ``T``, which the launcher also sets for the forward's NaN rows),
+    zero rows (greedy and uniform temperatures, where the forward is constant in the
+    logits) and ``1 / T`` for the others."""
+
+    def __init__(self, t):
+        self.nan = jnp.isnan(t) | (t < 0.0)
+        self.zero = (t < SMALLEST_NORMAL_F32) | (t >= UNIFORM_TEMPERATURE)
+        self.inv_t = 1.0 / jnp.where(self.nan | self.zero, 1.0, t)
+
+
+def _unfused(product):
+    """``product`` rounded on its own: the clamp to ``[-2**100, 2**100]`` is the identity
+    on the products here (``two_prod`` needs them that small anyway) and stands between
+    the multiply and the add that follows, which XLA:CPU would otherwise contract into an
+    FMA, breaking TwoSum's exactness in interpret mode only."""
+    limit = jnp.float32(2.0**100)
+    return jnp.minimum(jnp.maximum(product, -limit), limit)
+
+
+def _load_grad_slice(p_ref, g_ref, index, col0, vocab):
+    """Slice ``index`` (128 lanes) of ``p`` and ``g``, zero at columns past ``vocab``."""
+    start = pl.multiple_of(index * LANES, LANES)
+    p = p_ref[:, pl.ds(start, LANES)]
+    g = g_ref[:, pl.ds(start, LANES)]
+    valid = col0 + start + lax.broadcasted_iota(jnp.int32, p.shape, 1) < vocab
+    return jnp.where(valid, p, 0.0), jnp.where(valid, g, 0.0)
+
+
+def _block_sums(p_ref, g_ref, n_slices, col0, vocab, sums):
+    """Add a block's exact products ``p * g`` and its ``p`` to the per-lane double-float
+    sums ``sums = (pg_hi, pg_lo, p_hi, p_lo)``, ``(R, 128)`` each."""
+
+    def body(index, carry):
+        pg_hi, pg_lo, p_hi, p_lo = carry
+        p, g = _load_grad_slice(p_ref, g_ref, index, col0, vocab)
+        prod, err = two_prod(p, g)
+        return (*add_dd(pg_hi, pg_lo, _unfused(prod), err), *add_dd(p_hi, p_lo, p, 0.0))
+
+    return lax.fori_loop(0, n_slices, body, sums)
+
+
+def _row_mean(pg_hi, pg_lo, p_hi, p_lo):
+    """``s = sum(p * g) / sum(p)`` per row as a double-float ``(s_hi, s_lo)`` from the
+    lane totals. Dividing by ``sum(p)`` (1 up to the probabilities' rounding) is exact
+    calculus for the normalised ``p`` and removes ``g_k (1 - sum(p))`` from ``g_k - s``,
+    which would dominate where one ``p_k`` is near 1 (there ``g_k - s`` is only
+    ``sum_{j != k} p_j (g_k - g_j)``). Rows with ``sum(p) = 0`` get ``s = 0``."""
+    total = jnp.where(p_hi > 0.0, p_hi, 1.0)
+    inv = 1.0 / total
+    q = pg_hi * inv
+    prod, err = two_prod(q, total)
+    residual = ((pg_hi - prod) - err) + (pg_lo - _unfused(q * p_lo))
+    return q, residual * inv
+
+
+def _write_grad(p_ref, g_ref, dx_ref, n_slices, col0, vocab, row, s_hi, s_lo):
+    """Write one block of ``dx`` given ``s = s_hi + s_lo`` of :func:`_row_mean`.
+
+    ``g - s`` is formed against both parts (``g - s_hi`` is exact where they are close),
+    so it keeps float32 accuracy under cancellation; then two products, as on the GPU.
+    """
+
+    def body(index, carry):
+        p, g = _load_grad_slice(p_ref, g_ref, index, col0, vocab)
+        dx = (p * ((g - s_hi) - s_lo)) * row.inv_t
+        dx = jnp.where(row.zero, 0.0, dx)
+        dx = jnp.where(row.nan, jnp.nan, dx)
+        dx_ref[:, pl.ds(pl.multiple_of(index * LANES, LANES), LANES)] = dx
+        return carry
+
+    lax.fori_loop(0, n_slices, body, 0)
+
+
+def _grad_single_pass_kernel(t_ref, p_ref, g_ref, dx_ref, *, vocab):
+    """``dx`` of ``R = 8`` whole rows.
+
+    Grid ``(cdiv(B, 8),)``. Blocks: ``t_ref`` ``(8, 1)`` float32 temperatures;
+    ``p_ref`` (the forward's probabilities), ``g_ref`` (their cotangent) and ``dx_ref``
+    ``(8, Vp)`` float32, ``Vp = roundup(V, 128)``.
+    """
+    rows, width = p_ref.shape
+    n_slices = width // LANES
+    zeros = (jnp.zeros((rows, LANES), jnp.float32),) * 4
+    pg_hi, pg_lo, p_hi, p_lo = _block_sums(p_ref, g_ref, n_slices, 0, vocab, zeros)
+    mean = _row_mean(*_lane_total_dd(pg_hi, pg_lo), *_lane_total_dd(p_hi, p_lo))
+    _write_grad(p_ref, g_ref, dx_ref, n_slices, 0, vocab, _GradRowParams(t_ref[...]), *mean)
+
+
+def grad_single_pass(probs, cotangent, temperature_col, *, interpret):
+    """Launch the single-pass backward: ``probs``, ``cotangent`` ``f32[B, V]``,
+    ``temperature_col f32[B, 1]``; returns ``dx f32[B, V]``."""
+    batch, vocab = probs.shape
+    width = row_width(vocab)
+    row_spec = pl.BlockSpec((8, width), lambda i: (i, 0))
+    return pl.pallas_call(
+        functools.partial(_grad_single_pass_kernel, vocab=vocab),
+        grid=(pl.cdiv(batch, 8),),
+        in_specs=[pl.BlockSpec((8, 1), lambda i: (i, 0)), row_spec, row_spec],
+        out_specs=row_spec,
+        out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+        interpret=interpret,
+    )(temperature_col, probs, cotangent)
+
+
+def _grad_sum_kernel(p_ref, g_ref, s_hi_ref, s_lo_ref, sums_ref, *, vocab):
+    """Per-row double-float ``s = sum(p * g) / sum(p)`` over vocabulary blocks.
+
+    Grid ``(cdiv(B, 8), cdiv(V, BV))``, the vocabulary axis last and sequential.
+    Blocks: ``p_ref``, ``g_ref`` ``(8, BV)`` float32; outputs ``s_hi_ref``, ``s_lo_ref``
+    ``(8, 128)`` float32 with the row's ``s`` in every lane, written at the last block.
+    Scratch: ``sums_ref`` ``(4, 8, 128)``, the per-lane sums of ``p * g`` and ``p``.
+    """
+    j = pl.program_id(1)
+    block_v = p_ref.shape[1]
+
+    @pl.when(j == 0)
+    def _init():
+        sums_ref[...] = jnp.zeros(sums_ref.shape, jnp.float32)
+
+    sums = _block_sums(
+        p_ref, g_ref, block_v // LANES, j * block_v, vocab, tuple(sums_ref[i] for i in range(4))
+    )
+    for i, value in enumerate(sums):
+        sums_ref[i] = value
+
+    @pl.when(j == pl.num_programs(1) - 1)
+    def _finish():
+        pg_hi, pg_lo, p_hi, p_lo = sums
+        mean = _row_mean(*_lane_total_dd(pg_hi, pg_lo), *_lane_total_dd(p_hi, p_lo))
+        s_hi_ref[...], s_lo_ref[...] = mean
+
+
+def _grad_write_kernel(t_ref, s_hi_ref, s_lo_ref, p_ref, g_ref, dx_ref, *, vocab):
+    """``dx`` of one ``(8, BV)`` block given ``s`` from ``_grad_sum_kernel``.
+
+    Grid ``(cdiv(B, 8), cdiv(V, BV))``, both axes parallel. Blocks: ``t_ref`` ``(8, 1)``;
+    ``s_hi_ref``, ``s_lo_ref`` ``(8, 128)``; ``p_ref``, ``g_ref``, ``dx_ref`` ``(8, BV)``,
+    all float32.
+    """
+    block_v = p_ref.shape[1]
+    col0 = pl.program_id(1) * block_v
+    row = _GradRowParams(t_ref[...])
+    _write_grad(
+        p_ref, g_ref, dx_ref, block_v // LANES, col0, vocab, row, s_hi_ref[...], s_lo_ref[...]
+    )
+
+
+def grad_two_pass(probs, cotangent, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
+    """Launch the sum then the write kernel; arguments as for :func:`grad_single_pass`,
+    ``block_v`` a multiple of 128."""
+    batch, vocab = probs.shape
+    grid = (pl.cdiv(batch, 8), pl.cdiv(vocab, block_v))
+    block_spec = pl.BlockSpec((8, block_v), lambda i, j: (i, j))
+    sum_spec = pl.BlockSpec((8, LANES), lambda i, j: (i, 0))
+    sums = pl.pallas_call(
+        functools.partial(_grad_sum_kernel, vocab=vocab),
+        grid=grid,
+        in_specs=[block_spec, block_spec],
+        out_specs=[sum_spec, sum_spec],
+        out_shape=[jax.ShapeDtypeStruct((batch, LANES), jnp.float32)] * 2,
+        scratch_shapes=[pltpu.VMEM((4, 8, LANES), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=interpret,
+    )(probs, cotangent)
+    return pl.pallas_call(
+        functools.partial(_grad_write_kernel, vocab=vocab),
+        grid=grid,
+        in_specs=[pl.BlockSpec((8, 1), lambda i, j: (i, 0)), sum_spec, sum_spec] + [block_spec] * 2,
+        out_specs=block_spec,
+        out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        interpret=interpret,
+    )(temperature_col, *sums, probs, cotangent)
+
+
 def tpu_configs() -> list[tuple[str, object, tuple]]:
     """Every shipped kernel configuration as ``(name, fn, shape_structs)`` for the TPU
     compile check: each logits dtype, through the public wrapper, at vocabularies that
     pick the narrowest, a partial and the widest single-pass block and the two-pass path
     with a partial last block, per-row temperatures; ``B = 13`` leaves a partial row
-    block. One scalar-temperature configuration per path."""
+    block. One scalar-temperature configuration per path, and the forward with its
+    backward (``_grad``) per path for bf16 and f32 logits."""
     configs = []
     for dtype in ("bfloat16", "float16", "float32"):
         for vocab in (1, 50257 % SINGLE_PASS_MAX_V, SINGLE_PASS_MAX_V, 50257, 262144):
             configs.append(_config(13, vocab, dtype, per_row=True))
     configs += [_config(13, vocab, "bfloat16", per_row=False) for vocab in (1000, 50257)]
+    configs += [
+        _grad_config(13, vocab, dtype)
+        for vocab in (1000, 50257)
+        for dtype in ("bfloat16", "float32")
+    ]
     return configs
 
 
@@ -420,3 +618,16 @@ def _config(batch, vocab, dtype, *, per_row):
         jax.ShapeDtypeStruct((batch,) if per_row else (), jnp.float32),
     )
     return f"{path}_{dtype}_B{batch}_V{vocab}_{temperature}", temperature_softmax, shapes
+
+
+def _grad_config(batch, vocab, dtype):
+    """The forward and its custom VJP (``jax.vjp`` of the public wrapper)."""
+    from tops.ops.temperature_softmax import temperature_softmax
+
+    def grad(logits, temperature, cotangent):
+        _, vjp = jax.vjp(lambda x: temperature_softmax(x, temperature), logits)
+        return vjp(cotangent)[0]
+
+    name, _, (logits, temperature) = _config(batch, vocab, dtype, per_row=True)
+    cotangent = jax.ShapeDtypeStruct((batch, vocab), jnp.float32)
+    return f"{name}_grad", grad, (logits, temperature, cotangent)
