@@ -81,6 +81,7 @@ def test_matches_jax_lax_top_k_on_nan_free_cases(case):
         ((np.zeros((2, 0), np.float32), 1), "x must have V >= 1"),
         ((np.zeros((2, 5), np.float32), np.ones(2, np.int32)), "max_k must be given"),
         ((np.zeros((2, 5), np.float32), np.ones(3, np.int32), 2), "k must have shape"),
+        ((np.zeros((2, 5), np.float32), np.ones((2, 1), np.int32), 2), "k must have shape"),
         ((np.zeros((2, 5), np.float32), np.ones(2, np.float32), 2), "k must have dtype"),
         ((np.zeros((2, 5), np.float32), np.ones(2, np.int32), 6), "max_k must satisfy"),
         ((np.zeros((2, 5), np.float32), 2, 2), "max_k must be None"),

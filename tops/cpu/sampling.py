@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from tops.spec.common import require_bool
 from tops.spec.sampling import (
     EXP_COEFFICIENTS,
     LN2,
@@ -176,9 +177,10 @@ def sample(
     """Sample one token per row (the semantics of ``tops/spec/sampling.py``).
 
     Args:
-      logits: ``[B, V]`` bf16, f16 or f32 (NumPy or JAX).
-      temperature, top_p, min_p: Python numbers or float32 ``[B]``.
-      top_k, seed, step: Python ints or integer ``[B]``.
+      logits: ``[B, V]`` bf16, f16 or f32 (NumPy or JAX; validated as for
+        ``tops.ops.sample``).
+      temperature, top_p, min_p: numbers, or float32 arrays ``[B]`` or ``[]``.
+      top_k, seed, step: integers, or integer arrays ``[B]`` or ``[]``.
       max_k: None, or the bounded-k path's static cap on ``top_k``.
       debug: also return the debug arrays.
 
@@ -192,7 +194,8 @@ def sample(
     parameters = dict(
         temperature=temperature, seed=seed, step=step, top_k=top_k, top_p=top_p, min_p=min_p
     )
-    validate(logits, **parameters, max_k=max_k)
+    validate(logits, **parameters, max_k=max_k, api="tops.ops")
+    debug = require_bool("debug", debug)
     result = intermediates(logits, **parameters, max_k=max_k)
     tokens, valid = result["next_tokens"], result["valid"]
     if not debug:

@@ -65,3 +65,38 @@ def check_rule2(op_name: str, case) -> None:
             for t, g in zip(tpu, gpu, strict=True)
         )
     )
+
+
+def property_settings(examples: int):
+    """Hypothesis settings for the property tests: ``examples`` draws, the same ones on
+    every run and host (derandomized, no example database), no per-example deadline (the
+    interpreters compile each new shape)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def attempt(call, arguments: tuple[str, ...]):
+    """``(result, None)`` when ``call()`` returns, ``(None, "TypeError: name")`` when it
+    raises a ValueError or TypeError whose message starts with one of ``arguments``; any
+    other exception, or a message naming no argument, fails the test. Each outcome is a
+    hypothesis event, so ``--hypothesis-show-statistics`` counts them."""
+    from hypothesis import event
+
+    try:
+        result = call()
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        named = [name for name in arguments if message.startswith(name)]
+        assert named, f"{type(error).__name__} names no argument of {arguments}: {message}"
+        label = f"{type(error).__name__}: {max(named, key=len)}"
+        event(label)
+        return None, label
+    event("computed")
+    return result, None

@@ -47,6 +47,82 @@ Per row ``b`` of ``logits [B, V]`` (``x`` below), in this order:
 
 A row's token depends only on its own logits, parameters, seed and step: never on its
 position, the batch size or padding.
+
+A parameter given as a number must be in range (:func:`validate`: ``temperature >= 0``,
+``top_p`` and ``min_p`` in ``[0, 1]``); the rules above for NaN, negative and larger
+values are those of per-row arrays, whose values are only known at run time.
+
+Bad input: one row per class of input; ``tops.cpu.sampling`` validates as ``tops.ops``.
+The tests are ``test_tpu_...`` in ``tests/ops/sampling/test_api.py`` and ``test_gpu_...``
+in ``tests/ops/sampling/test_gpu_api.py``.
+
++----------------+-------------------------+-------------------------+-----------------------------+
+| input          | tops.ops                | tops.gpu                | test_{tpu,gpu}_...          |
++================+=========================+=========================+=============================+
+| lists, tuples  | TypeError naming the    | TypeError naming the    | lists_and_tuples            |
+|                | argument: "logits must  | argument: "... must be  |                             |
+|                | be a JAX or NumPy array | a torch tensor for      |                             |
+|                | for tops.ops"           | tops.gpu"               |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| NumPy scalars  | taken and checked as    | the same                | numpy_scalars               |
+|                | the Python number;      |                         |                             |
+|                | max_k may be a NumPy    |                         |                             |
+|                | int                     |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| [] arrays      | one value for every     | [] tensors: the same    | zero_dim_arrays             |
+|                | row, also traced under  |                         |                             |
+|                | jax.jit                 |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| wrong          | torch tensors:          | JAX or NumPy arrays:    | wrong_framework             |
+| framework      | TypeError naming the    | TypeError naming it     |                             |
+|                | argument                |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| x64 mode       | the same bits (kernels  | no effect; float64      | x64_mode                    |
+|                | traced with x64 off; a  | logits: the same        |                             |
+|                | traced Python float,    | ValueError              |                             |
+|                | float64 there, is taken |                         |                             |
+|                | as a number); float64   |                         |                             |
+|                | logits: ValueError      |                         |                             |
+|                | "logits must have       |                         |                             |
+|                | dtype"                  |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| bool flags     | debug: a Python or      | the same                | bool_flags                  |
+|                | NumPy bool, else        |                         |                             |
+|                | TypeError naming it     |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| B = 0          | empty results of the    | the same                | empty_batch                 |
+|                | documented dtypes, [0]  |                         |                             |
+|                | and [0, V]              |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| V = 1; V = 0   | token 0 on every row; V | the same                | one_column                  |
+|                | = 0: ValueError naming  |                         |                             |
+|                | logits                  |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| huge V         | V > MAX_VOCAB = 2**18:  | the same ValueError     | huge_vocab                  |
+|                | ValueError naming the   |                         |                             |
+|                | limit                   |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| numbers out of | ValueError naming the   | the same ValueError     | numbers_out_of_range        |
+| range          | argument: temperature < |                         |                             |
+|                | 0 or NaN; top_p, min_p  |                         |                             |
+|                | outside [0, 1] or NaN;  |                         |                             |
+|                | top_k, seed, step not   |                         |                             |
+|                | whole; seed, step       |                         |                             |
+|                | outside [0, 2**32);     |                         |                             |
+|                | max_k outside [1,       |                         |                             |
+|                | min(V, 256)]; a bool    |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
+| per-row arrays | run-time values, steps  | the same                | per_row_arrays_out_of_range |
+| out of range   | 3-5: temperature below  |                         |                             |
+|                | TINY or NaN is greedy;  |                         |                             |
+|                | top_p < 0 acts as 0, >= |                         |                             |
+|                | 1 or NaN disables;      |                         |                             |
+|                | min_p > 1 acts as 1, <= |                         |                             |
+|                | 2**-31 or NaN disables; |                         |                             |
+|                | top_k <= 0 or >= V      |                         |                             |
+|                | disables; seed, step    |                         |                             |
+|                | modulo 2**32            |                         |                             |
++----------------+-------------------------+-------------------------+-----------------------------+
 """
 
 from __future__ import annotations
@@ -54,7 +130,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from tops.spec.common import python_number, require_dtype, require_rank
+from tops.spec.common import python_number, require_array, require_dtype, require_rank
 
 INPUT_DTYPES = ("bfloat16", "float16", "float32")
 INTEGER_DTYPES = ("int32", "int64", "uint32")
@@ -94,74 +170,88 @@ THREEFRY_PARITY = 0x1BD11BDA
 THREEFRY_ROUNDS = 20
 
 
-def _check_row_parameter(name: str, value, batch: int, dtypes, check_number) -> None:
+def _traced_number(value) -> bool:
+    """Whether ``value`` is a weakly typed JAX ``[]``: a Python number traced by
+    ``jax.jit`` (float64 under ``jax_enable_x64``), rounded to float32 like the number."""
+    return getattr(value, "weak_type", False) and tuple(value.shape) == ()
+
+
+def _check_row_parameter(name: str, value, batch: int, kind: str, dtypes, check_number, api):
+    """``value`` is a Python or NumPy number (checked by ``check_number``) or an array of
+    ``api``'s framework with a dtype in ``dtypes`` (a float parameter also takes a traced
+    number) and shape ``[]`` or ``[B]``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be {kind} or an array [B], got a bool")
     number = python_number(value)
     if number is not None:
         check_number(number)
         return
-    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-        raise ValueError(
-            f"{name} must be a Python number or an array [B], got {type(value).__name__}"
-        )
-    require_rank(name, value, 1, "[B]")
-    require_dtype(name, value, dtypes)
-    if tuple(value.shape) != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},), got {tuple(value.shape)}")
+    require_array(name, value, api)
+    if not (dtypes == FLOAT_DTYPES and _traced_number(value)):
+        require_dtype(name, value, dtypes)
+    if tuple(value.shape) not in ((), (batch,)):
+        raise ValueError(f"{name} must have shape () or ({batch},), got {tuple(value.shape)}")
 
 
-def validate(logits, *, temperature, seed, step, top_k, top_p, min_p, max_k=None) -> None:
-    """Raise ValueError naming the argument unless the inputs satisfy the contract.
+def validate(logits, *, temperature, seed, step, top_k, top_p, min_p, max_k=None, api: str) -> None:
+    """Raise ValueError (TypeError for a non-array) naming the argument unless the inputs
+    satisfy the contract; ``api`` is ``"tops.ops"`` or ``"tops.gpu"``, whose arrays
+    (``tops.spec.common.require_array``) every array argument must be.
 
     ``logits`` is ``[B, V]`` in bf16, f16 or f32 with ``1 <= V <= MAX_VOCAB``. Each
-    parameter is a Python number or an array ``[B]``: ``temperature``, ``top_p`` and
-    ``min_p`` float32; ``top_k``, ``seed`` and ``step`` int32, int64 or uint32 (seed and
-    step are taken modulo 2**32). A Python number is checked now: ``temperature >= 0``,
-    ``top_p`` and ``min_p`` not NaN, integers whole, ``seed`` and ``step`` in
-    ``[0, 2**32)``. ``max_k`` is None (the arbitrary-k path) or a Python int in
-    ``[1, min(V, BOUNDED_MAX_K)]``.
+    parameter is a Python or NumPy number, or an array ``[B]`` (one value per row) or
+    ``[]`` (one value for every row: a traced scalar under ``jax.jit``): ``temperature``,
+    ``top_p`` and ``min_p`` float32 (or a weakly typed JAX ``[]``, which is what a traced
+    Python number is: float64 under ``jax_enable_x64``); ``top_k``, ``seed`` and ``step``
+    int32, int64 or uint32 (seed and step are taken modulo 2**32). A number is checked now:
+    ``temperature >= 0``, ``top_p`` and ``min_p`` in ``[0, 1]``, integers whole (``top_k
+    <= 0`` disables top-k), ``seed`` and ``step`` in ``[0, 2**32)``; bools are refused.
+    Array entries are run-time values and get the documented result whatever they are.
+    ``max_k`` is None (the arbitrary-k path) or a Python int in ``[1, min(V,
+    BOUNDED_MAX_K)]``.
     """
+    require_array("logits", logits, api)
     require_rank("logits", logits, 2, "[B, V]")
     require_dtype("logits", logits, INPUT_DTYPES)
     batch, vocab = logits.shape
     if not 1 <= vocab <= MAX_VOCAB:
         raise ValueError(
-            f"logits must have 1 <= V <= {MAX_VOCAB} columns, got shape {tuple(logits.shape)}"
+            f"logits must have 1 <= V <= MAX_VOCAB = {MAX_VOCAB} columns, got shape "
+            f"{tuple(logits.shape)}"
         )
 
-    def nonnegative(name):
-        def check(number):
-            if not number >= 0:
-                raise ValueError(f"{name} must be >= 0 (0 means greedy), got {number}")
+    def greedy_at_zero(number):
+        if not number >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {number}")
 
-        return check
-
-    def not_nan(name):
+    def fraction(name, disabling):
         def check(number):
-            if number != number:
-                raise ValueError(f"{name} must not be NaN")
+            if not 0 <= number <= 1:
+                raise ValueError(
+                    f"{name} must be in [0, 1] ({disabling} disables it), got {number}"
+                )
 
         return check
 
     def whole(name, low=None, high=None):
         def check(number):
-            if number != int(number):
+            if not math.isfinite(number) or number != int(number):
                 raise ValueError(f"{name} must be an integer, got {number}")
             if low is not None and not low <= number < high:
                 raise ValueError(f"{name} must be in [{low}, {high}), got {int(number)}")
 
         return check
 
-    for name, value in (("seed", seed), ("step", step), ("top_k", top_k)):
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer or an integer array [B], got a bool")
-    _check_row_parameter(
-        "temperature", temperature, batch, FLOAT_DTYPES, nonnegative("temperature")
-    )
-    _check_row_parameter("top_p", top_p, batch, FLOAT_DTYPES, not_nan("top_p"))
-    _check_row_parameter("min_p", min_p, batch, FLOAT_DTYPES, not_nan("min_p"))
-    _check_row_parameter("top_k", top_k, batch, INTEGER_DTYPES, whole("top_k"))
-    _check_row_parameter("seed", seed, batch, INTEGER_DTYPES, whole("seed", 0, 2**32))
-    _check_row_parameter("step", step, batch, INTEGER_DTYPES, whole("step", 0, 2**32))
+    real, integer = "a number", "an integer"
+    for name, value, kind, dtypes, check in (
+        ("temperature", temperature, real, FLOAT_DTYPES, greedy_at_zero),
+        ("top_p", top_p, real, FLOAT_DTYPES, fraction("top_p", 1)),
+        ("min_p", min_p, real, FLOAT_DTYPES, fraction("min_p", 0)),
+        ("top_k", top_k, integer, INTEGER_DTYPES, whole("top_k")),
+        ("seed", seed, integer, INTEGER_DTYPES, whole("seed", 0, 2**32)),
+        ("step", step, integer, INTEGER_DTYPES, whole("step", 0, 2**32)),
+    ):
+        _check_row_parameter(name, value, batch, kind, dtypes, check, api)
     if max_k is not None:
         if isinstance(max_k, bool) or not isinstance(max_k, numbers.Integral):
             raise ValueError(f"max_k must be None or a Python int, got {type(max_k).__name__}")

@@ -436,3 +436,11 @@ def test_gpu_small_tiles(path, monkeypatch):
         seed=np.arange(batch) + 100,
         step=7,
     )
+
+
+@pytest.mark.parametrize("max_k", [None, 1], ids=["gpu_arbitrary", "gpu_bounded"])
+def test_gpu_debug_logits_keep_nan_payloads(max_k):
+    """The debug logits are the input's bits: torch's CPU scatter of bfloat16 used to turn
+    the bounded path's quiet NaN 0x7FC0 into 0xFFFF (found by the property test)."""
+    x, x_ref = _logits(np.array([[np.nan, 1.0, -2.0]]), "bfloat16")
+    _check(x, x_ref, max_k=max_k, temperature=0.0, seed=0, step=0)

@@ -365,7 +365,7 @@ def test_tpu_integer_parameter_dtypes(max_k):
 
 BAD_ARGUMENTS = [
     (dict(temperature=-1.0), "temperature must be >= 0"),
-    (dict(top_p=nan), "top_p must not be NaN"),
+    (dict(top_p=nan), r"top_p must be in \[0, 1\]"),
     (dict(seed=2**32), "seed must be in"),
     (dict(top_k=True), "top_k must be an integer"),
     (dict(max_k=300), "max_k must satisfy"),

@@ -11,9 +11,8 @@ import torch
 from tops.backends import torch_device
 from tops.gpu.sampling import kernel
 from tops.gpu.topk import topk
+from tops.spec.common import require_bool
 from tops.spec.sampling import validate
-
-_INT_DTYPES = (torch.int32, torch.int64, torch.uint32)
 
 
 def _require_device(name: str, tensor: torch.Tensor) -> None:
@@ -23,18 +22,17 @@ def _require_device(name: str, tensor: torch.Tensor) -> None:
 
 
 def _float_rows(value, batch: int, device) -> torch.Tensor:
-    """``float32[batch]`` from a Python number or a ``[B]`` array (float32 by contract)."""
+    """``float32[batch]`` from a number or a float32 tensor ``[B]`` or ``[]``."""
     if isinstance(value, numbers.Real):
         return torch.full((batch,), float(value), dtype=torch.float32, device=device)
-    return torch.as_tensor(value).to(device=device, dtype=torch.float32).contiguous()
+    return value.to(device=device, dtype=torch.float32).expand(batch).contiguous()
 
 
 def _int_rows(value, batch: int, device) -> torch.Tensor:
-    """``int64[batch]`` from a Python int or an integer ``[B]`` array."""
+    """``int64[batch]`` from an integer or an integer tensor ``[B]`` or ``[]``."""
     if isinstance(value, numbers.Real):
         return torch.full((batch,), int(value), dtype=torch.int64, device=device)
-    tensor = torch.as_tensor(value)
-    return tensor.to(torch.int64).to(device=device).contiguous()
+    return value.to(torch.int64).to(device=device).expand(batch).contiguous()
 
 
 def _logits(logits) -> torch.Tensor:
@@ -45,26 +43,30 @@ def _logits(logits) -> torch.Tensor:
     return logits
 
 
+# A per-row parameter: a Python or NumPy number, or a tensor [B] or [] (tops.spec.sampling).
+Parameter = float | int | torch.Tensor
+
+
 def sample(
-    logits,
+    logits: torch.Tensor,
     *,
-    temperature,
-    seed,
-    step,
-    top_k=0,
-    top_p=1.0,
-    min_p=0.0,
-    max_k=None,
-    debug=False,
+    temperature: Parameter,
+    seed: Parameter,
+    step: Parameter,
+    top_k: Parameter = 0,
+    top_p: Parameter = 1.0,
+    min_p: Parameter = 0.0,
+    max_k: int | None = None,
+    debug: bool = False,
 ):
     """Sample one token per row (``tops/spec/sampling.py``; bit-identical to
     ``tops.cpu.sampling.sample``).
 
     Args:
       logits: ``[B, V]`` bf16, f16 or f32 tensor on the GPU backend's device.
-      temperature, top_p, min_p: Python numbers or float32 ``[B]`` tensors.
-      top_k, seed, step: Python ints or integer ``[B]`` tensors (int32, int64, uint32;
-        seed and step modulo 2**32).
+      temperature, top_p, min_p: numbers, or float32 tensors ``[B]`` or ``[]``.
+      top_k, seed, step: integers, or int32, int64 or uint32 tensors ``[B]`` or ``[]``
+        (seed and step modulo 2**32).
       max_k: None (the arbitrary-k path, any ``top_k``), or a Python int in
         ``[1, min(V, 256)]``: the bounded-k path (``tops.gpu.topk`` then a kernel over
         the ``max_k`` survivors), which caps every row's k at ``max_k``.
@@ -86,7 +88,9 @@ def sample(
         top_p=top_p,
         min_p=min_p,
         max_k=max_k,
+        api="tops.gpu",
     )
+    debug = require_bool("debug", debug)
     x = _logits(logits)
     batch, vocab = x.shape
     device = x.device
@@ -139,7 +143,10 @@ def sample(
             topk_logits = torch.full(
                 (batch, vocab + 1), float("-inf"), dtype=x.dtype, device=device
             )
-            topk_logits.scatter_(1, column, values)
+            # Scattered as bit patterns: torch's CPU scatter of bfloat16 rewrites NaN
+            # payloads (0x7FC0 became 0xFFFF), and the debug logits are the input's bits.
+            bits = {2: torch.int16, 4: torch.int32}[x.element_size()]
+            topk_logits.view(bits).scatter_(1, column, values.view(bits))
             topk_logits = topk_logits[:, :vocab].contiguous()
             probs = torch.zeros((batch, vocab + 1), dtype=torch.int32, device=device)
             probs.scatter_(1, column, survivor_probs)
@@ -160,7 +167,7 @@ def sample(
     return tokens, valid, arrays
 
 
-def integer_weights(logits, temperature) -> torch.Tensor:
+def integer_weights(logits: torch.Tensor, temperature: Parameter) -> torch.Tensor:
     """The step-3 integer weights ``q`` (``int32 [B, V]``) with top-k, top-p and min-p
     disabled: ``topk_topp_unnorm_probs_i32_unsorted`` of ``sample(logits,
     temperature=temperature, ..., top_k=0, top_p=1.0, min_p=0.0, debug=True)``, so one-hot
@@ -169,9 +176,18 @@ def integer_weights(logits, temperature) -> torch.Tensor:
 
     Args:
       logits: ``[B, V]`` bf16, f16 or f32 tensor on the GPU backend's device.
-      temperature: Python number or float32 ``[B]`` tensor.
+      temperature: a number, or a float32 tensor ``[B]`` or ``[]``.
     """
-    validate(logits, temperature=temperature, seed=0, step=0, top_k=0, top_p=1.0, min_p=0.0)
+    validate(
+        logits,
+        temperature=temperature,
+        seed=0,
+        step=0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        api="tops.gpu",
+    )
     x = _logits(logits)
     batch, vocab = x.shape
     q = torch.empty((batch, vocab), dtype=torch.int32, device=x.device)

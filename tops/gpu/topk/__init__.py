@@ -9,14 +9,17 @@ from tops.gpu.topk import kernel
 from tops.spec.topk import validate
 
 
-def topk(x, k, *, max_k=None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(
+    x: torch.Tensor, k: int | torch.Tensor, *, max_k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k entries of each row of ``x``, in the order of ``tops.spec.topk``.
 
     Args:
       x: ``[B, V]`` bf16, f16 or f32 tensor on the GPU backend's device (any ``B >= 0``,
-        ``V >= 1``, any row stride; a last dim that is not contiguous is copied first).
-      k: Python int with ``1 <= k <= V``, or an int32/int64 tensor ``[B]`` (any device;
-        moved to the device of ``x``) with ``max_k`` given.
+        ``1 <= V <= tops.spec.topk.MAX_VOCAB``, any row stride; a last dim that is not
+        contiguous is copied first).
+      k: Python int with ``1 <= k <= V``, or an int32/int64 tensor ``[B]`` or ``[]`` (any
+        device; moved to the device of ``x``) with ``max_k`` given.
       max_k: with a tensor ``k``, the output width: a Python int with ``1 <= max_k <= V``.
 
     Returns:
@@ -26,7 +29,7 @@ def topk(x, k, *, max_k=None) -> tuple[torch.Tensor, torch.Tensor]:
       bit. With a tensor ``k``, row ``b`` keeps its first ``clip(k[b], 0, max_k)``
       entries and holds ``FILL_INDEX`` (-1) and ``-inf`` past them.
     """
-    width, per_row = validate(x, k, max_k)
+    width, per_row = validate(x, k, max_k, api="tops.gpu")
     expected = torch_device()
     if x.device.type != expected:
         raise ValueError(f"x must be on the {expected} device, got {x.device}")
@@ -38,7 +41,7 @@ def topk(x, k, *, max_k=None) -> tuple[torch.Tensor, torch.Tensor]:
     if vocab > 1 and x.stride(1) != 1:
         x = x.contiguous()
     if per_row:
-        kept = k.to(device=x.device).clamp(0, width).to(torch.int32)
+        kept = k.to(device=x.device).clamp(0, width).to(torch.int32).expand(batch).contiguous()
     else:
         kept = torch.full((batch,), width, dtype=torch.int32, device=x.device)
     kernel.launch(x, kept, values, indices)

@@ -30,6 +30,7 @@ from tops.backends import pallas_interpret
 from tops.ops.sampling import bounded, full, kernel
 from tops.ops.topk import topk
 from tops.ops.topk.kernel import sortable_key
+from tops.spec.common import require_bool
 from tops.spec.sampling import validate
 
 
@@ -69,7 +70,7 @@ def _row_k(top_k, batch, vocab, cap):
     else:
         disabled = (top_k <= 0) | (top_k >= vocab)
     k = jnp.where(disabled, vocab, top_k.astype(jnp.int32))
-    return jnp.minimum(k, cap)
+    return jnp.broadcast_to(jnp.minimum(k, cap), (batch,))
 
 
 def _pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step):
@@ -84,24 +85,28 @@ def _pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step
     return jnp.stack([zeros if c is None else c.astype(jnp.int32) for c in columns], axis=1)
 
 
+# A per-row parameter: a Python or NumPy number, or an array [B] or [] (tops.spec.sampling).
+Parameter = float | int | jax.Array | np.ndarray
+
+
 def sample(
-    logits,
+    logits: jax.Array | np.ndarray,
     *,
-    temperature,
-    seed,
-    step,
-    top_k=0,
-    top_p=1.0,
-    min_p=0.0,
-    max_k=None,
-    debug=False,
+    temperature: Parameter,
+    seed: Parameter,
+    step: Parameter,
+    top_k: Parameter = 0,
+    top_p: Parameter = 1.0,
+    min_p: Parameter = 0.0,
+    max_k: int | None = None,
+    debug: bool = False,
 ):
     """Sample one token per row with the semantics of ``tops.cpu.sampling.sample``.
 
     Args:
-      logits: ``[B, V]`` bf16, f16 or f32, ``1 <= V <= 2**18``.
-      temperature, top_p, min_p: Python numbers or float32 ``[B]``.
-      top_k, seed, step: Python ints or integer ``[B]`` (int32, uint32; int64 NumPy).
+      logits: ``[B, V]`` bf16, f16 or f32 JAX or NumPy array, ``1 <= V <= 2**18``.
+      temperature, top_p, min_p: numbers, or float32 arrays ``[B]`` or ``[]``.
+      top_k, seed, step: integers, or int32, int64 or uint32 arrays ``[B]`` or ``[]``.
       max_k: static. None: the arbitrary-k path (whole rows); an int in ``[1, min(V,
         256)]``: the bounded-k path, each row keeping ``min(k, max_k)`` entries.
       debug: static; also return the debug arrays.
@@ -111,8 +116,9 @@ def sample(
       ``greedy_sampled`` int32 ``[B]``, ``topk_logits_unsorted [B, V]`` (logits dtype),
       ``topk_topp_unnorm_probs_i32_unsorted`` int32 ``[B, V]``,
       ``random_unnorm_cdf_sampled`` a pair of uint32 ``[B]`` (high, low words),
-      ``next_tokens``. Bit-identical to the reference for every input. jit-able with
-      ``max_k`` and ``debug`` static.
+      ``next_tokens``. Bit-identical to the reference for every input, with or without
+      ``jax_enable_x64`` (the kernels are traced with it off). jit-able with ``max_k``
+      and ``debug`` static.
     """
     validate(
         logits,
@@ -123,17 +129,22 @@ def sample(
         top_p=top_p,
         min_p=min_p,
         max_k=max_k,
+        api="tops.ops",
     )
+    debug = require_bool("debug", debug)
     logits = jnp.asarray(logits)
     batch, vocab = logits.shape
     if batch == 0:
         return _empty(logits, debug)
     cap = vocab if max_k is None else max_k
     params = _pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step)
-    return _sample(logits, params, max_k=max_k, debug=debug, interpret=pallas_interpret())
+    # The kernels are 32-bit: under jax_enable_x64 their Python ints and default dtypes
+    # would trace as 64-bit, so they are traced with it off (params is int32 already).
+    with jax.enable_x64(False):
+        return _sample(logits, params, max_k=max_k, debug=debug, interpret=pallas_interpret())
 
 
-def integer_weights(logits, temperature) -> jax.Array:
+def integer_weights(logits: jax.Array | np.ndarray, temperature: Parameter) -> jax.Array:
     """The step-3 integer weights with top-k, top-p and min-p disabled: int32 ``[B, V]``.
 
     Equal to ``topk_topp_unnorm_probs_i32_unsorted`` of ``sample(logits, temperature=...,
@@ -141,13 +152,23 @@ def integer_weights(logits, temperature) -> jax.Array:
     rows with ``temperature >= 2**-126``, ``PROB_ONE`` at ``greedy_sampled`` and 0
     elsewhere on valid greedy rows, all zeros on invalid rows. Runs the statistics kernel
     and the quantisation kernel (the samplers' own ``kernel.quantize``)."""
-    validate(logits, temperature=temperature, seed=0, step=0, top_k=0, top_p=1.0, min_p=0.0)
+    validate(
+        logits,
+        temperature=temperature,
+        seed=0,
+        step=0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        api="tops.ops",
+    )
     logits = jnp.asarray(logits)
     batch, vocab = logits.shape
     if batch == 0:
         return jnp.zeros((0, vocab), jnp.int32)
     params = _pack_params(batch, vocab, vocab, temperature, 1.0, 0.0, 0, 0, 0)
-    return _integer_weights(logits, params, interpret=pallas_interpret())
+    with jax.enable_x64(False):  # as in sample()
+        return _integer_weights(logits, params, interpret=pallas_interpret())
 
 
 @functools.partial(jax.jit, static_argnames=("interpret",))

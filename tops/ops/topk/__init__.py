@@ -13,13 +13,16 @@ from tops.ops.topk import kernel
 from tops.spec.topk import FILL_INDEX, validate
 
 
-def topk(x: jax.Array, k, *, max_k: int | None = None) -> tuple[jax.Array, jax.Array]:
+def topk(
+    x: jax.Array | np.ndarray, k: int | jax.Array | np.ndarray, *, max_k: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Top-k of each row of ``x``: ``(values [B, w] in x.dtype, indices [B, w] int32)``.
 
     Args:
-      x: ``[B, V]`` bf16, f16 or f32; any ``B >= 0`` and ``V >= 1``.
-      k: a Python int with ``1 <= k <= V`` (then ``w = k``), or an integer array ``[B]``
-        of per-row counts (then ``w = max_k``).
+      x: ``[B, V]`` bf16, f16 or f32 JAX or NumPy array; any ``B >= 0`` and
+        ``1 <= V <= tops.spec.topk.MAX_VOCAB``.
+      k: a Python int with ``1 <= k <= V`` (then ``w = k``), or an int32/int64 array
+        ``[B]`` of per-row counts, or ``[]`` for every row (then ``w = max_k``).
       max_k: with an array ``k``, the static output width, ``1 <= max_k <= V``.
 
     Returns:
@@ -30,24 +33,29 @@ def topk(x: jax.Array, k, *, max_k: int | None = None) -> tuple[jax.Array, jax.A
       ``clip(k[b], 0, max_k)`` entries and the rest hold ``-inf`` and ``FILL_INDEX``.
       ``k <= 256`` over rows up to ``2**19`` columns runs the binned Pallas kernel
       (``tops.ops.topk.kernel``); wider ``k`` or rows run an XLA sort on the same keys.
+      The same results with ``jax_enable_x64`` on: the kernels are traced with it off.
     """
-    width, per_row = validate(x, k, max_k)
+    width, per_row = validate(x, k, max_k, api="tops.ops")
     x = jnp.asarray(x)
     batch = x.shape[0]
     if batch == 0:
         return jnp.zeros((0, width), x.dtype), jnp.zeros((0, width), jnp.int32)
-    if per_row:
-        return _topk_per_row(x, _row_counts(k, width), width=width, interpret=pallas_interpret())
-    return _topk(x, width=width, interpret=pallas_interpret())
+    interpret = pallas_interpret()
+    row_k = _row_counts(k, batch, width) if per_row else None
+    # The kernels are 32-bit: under jax_enable_x64 their Python ints and default dtypes
+    # would trace as 64-bit, so they are traced with it off (every input is 32-bit here).
+    with jax.enable_x64(False):
+        if per_row:
+            return _topk_per_row(x, row_k, width=width, interpret=interpret)
+        return _topk(x, width=width, interpret=interpret)
 
 
-def _row_counts(k, width):
-    """Per-row counts as int32, clipped to ``[0, width]`` first where they are host
-    values (an int64 count past 2**31 must not wrap); a JAX array is clipped in
-    ``_topk_per_row``."""
+def _row_counts(k, batch, width):
+    """Per-row counts ``clip(k, 0, width)`` as int32 ``[B]``, clipped before the cast so
+    that an int64 count past 2**31 cannot wrap."""
     if isinstance(k, jax.Array):
-        return k
-    return jnp.asarray(np.clip(np.asarray(k), 0, width).astype(np.int32))
+        return jnp.broadcast_to(jnp.clip(k, 0, width).astype(jnp.int32), (batch,))
+    return jnp.asarray(np.broadcast_to(np.clip(k, 0, width).astype(np.int32), (batch,)))
 
 
 @functools.partial(jax.jit, static_argnames=("width", "interpret"))
@@ -63,9 +71,9 @@ def _topk(x, *, width, interpret):
 
 @functools.partial(jax.jit, static_argnames=("width", "interpret"))
 def _topk_per_row(x, row_k, *, width, interpret):
-    """``_topk`` with each row cut after ``clip(row_k[b], 0, width)`` entries."""
+    """``_topk`` with row ``b`` cut after ``row_k[b]`` (int32 in ``[0, width]``) entries."""
     values, indices = _topk(x, width=width, interpret=interpret)
-    kept = jnp.clip(row_k, 0, width).astype(jnp.int32)[:, None]
+    kept = row_k[:, None]
     past = jnp.arange(width, dtype=jnp.int32)[None, :] >= kept
     values = jnp.where(past, jnp.array(-jnp.inf, x.dtype), values)
     return values, jnp.where(past, FILL_INDEX, indices)
