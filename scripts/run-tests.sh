@@ -25,7 +25,7 @@ stack main python -m pytest -n 2 --dist loadgroup
 stack jax011-py312 python -P -m pytest -n 2 --dist loadgroup -p no:cacheprovider \
   tests/cpu tests/precision
 stack jax011-py312 python -P -m pytest -n 2 --dist loadgroup -p no:cacheprovider tests/ops \
-  -k "tpu and not gpu and (rules_1_and_3 or test_api or half or double_float)"
+  -k "tpu and not gpu and (rules_1_and_3 or half or double_float)"
 # The CUDA image's Triton 3.6 (NumPy 2.2, torch 2.13 CPU): every GPU test but rule 2
 # (which reruns the TPU side, done by main), the sm_90 compile check included.
 stack triton36 python -m pytest -n 2 --dist loadgroup -p no:cacheprovider tests/ops \
