@@ -163,7 +163,9 @@ def test_tpu_head_first_layout():
     head_first = _arrays(seq_len=3, heads=8, dim=8)
     with pytest.warns(HeadFirstWarning, match=r"expects \[B, T, H, K\], not head-first") as seen:
         chunk_simple_gla(**head_first)
-    assert len(seen) == 1 and seen[0].filename == __file__
+    # Only the category counts: Triton 3.6's interpreter adds DeprecationWarnings.
+    ours = [w for w in seen if issubclass(w.category, HeadFirstWarning)]
+    assert len(ours) == 1 and ours[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error", HeadFirstWarning)
         for seq_len, heads in ((8, 8), (1, 8)):
