@@ -260,3 +260,11 @@ def validate(logits, *, temperature, seed, step, top_k, top_p, min_p, max_k=None
                 f"max_k must satisfy 1 <= max_k <= min(V, {BOUNDED_MAX_K}) = "
                 f"{min(vocab, BOUNDED_MAX_K)}, got {max_k}"
             )
+
+
+def validate_weights(logits, temperature, *, api: str) -> None:
+    """:func:`validate` for ``integer_weights``: ``sample``'s check with top-k, top-p and
+    min-p disabled (and seed and step unused)."""
+    validate(
+        logits, temperature=temperature, seed=0, step=0, top_k=0, top_p=1.0, min_p=0.0, api=api
+    )

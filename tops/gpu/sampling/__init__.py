@@ -12,7 +12,7 @@ from tops.backends import torch_device
 from tops.gpu.sampling import kernel
 from tops.gpu.topk import topk
 from tops.spec.common import require_bool
-from tops.spec.sampling import validate
+from tops.spec.sampling import validate, validate_weights
 
 
 def _require_device(name: str, tensor: torch.Tensor) -> None:
@@ -178,16 +178,7 @@ def integer_weights(logits: torch.Tensor, temperature: Parameter) -> torch.Tenso
       logits: ``[B, V]`` bf16, f16 or f32 tensor on the GPU backend's device.
       temperature: a number, or a float32 tensor ``[B]`` or ``[]``.
     """
-    validate(
-        logits,
-        temperature=temperature,
-        seed=0,
-        step=0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        api="tops.gpu",
-    )
+    validate_weights(logits, temperature, api="tops.gpu")
     x = _logits(logits)
     batch, vocab = x.shape
     q = torch.empty((batch, vocab), dtype=torch.int32, device=x.device)

@@ -31,7 +31,7 @@ from tops.ops.sampling import bounded, full, kernel
 from tops.ops.topk import topk
 from tops.ops.topk.kernel import sortable_key
 from tops.spec.common import require_bool
-from tops.spec.sampling import validate
+from tops.spec.sampling import validate, validate_weights
 
 
 def _row_floats(value, batch):
@@ -152,16 +152,7 @@ def integer_weights(logits: jax.Array | np.ndarray, temperature: Parameter) -> j
     rows with ``temperature >= 2**-126``, ``PROB_ONE`` at ``greedy_sampled`` and 0
     elsewhere on valid greedy rows, all zeros on invalid rows. Runs the statistics kernel
     and the quantisation kernel (the samplers' own ``kernel.quantize``)."""
-    validate(
-        logits,
-        temperature=temperature,
-        seed=0,
-        step=0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        api="tops.ops",
-    )
+    validate_weights(logits, temperature, api="tops.ops")
     logits = jnp.asarray(logits)
     batch, vocab = logits.shape
     if batch == 0:
