@@ -13,8 +13,10 @@ never enabled globally):
   :func:`chunk_simple_gla_chunked_grad`, the same through :func:`chunked_f64`).
 
 Both apply the gate through the per-token total log decay ``g_t + gamma_h`` with float64
-cumulative sums, and every exponent that a causal mask discards is zeroed *before*
-``exp`` (``exp(where(mask, G_i - G_j, 0))``), so no masked entry can overflow.
+cumulative sums, and every exponent that a causal mask discards is replaced *before*
+``exp`` (``exp(where(mask, G_i - G_j, -inf))``), so no masked entry can overflow; a
+``-inf`` gate is an exact reset in both (the recurrence multiplies by ``exp(-inf) = 0``,
+the chunked form cuts every decay that crosses it).
 
 :func:`recurrence_f64` and :func:`chunked_f64` are pure functions of float64 JAX arrays
 for one sequence, so ``jax.vjp`` can differentiate them (inside ``jax.enable_x64(True)``).
@@ -22,7 +24,6 @@ for one sequence, so ``jax.vjp`` can differentiate them (inside ``jax.enable_x64
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import jax
@@ -31,7 +32,7 @@ import numpy as np
 from jax import lax
 
 from tops.spec.common import require_dtype, require_rank
-from tops.spec.simple_gla import GLAShapes, validate
+from tops.spec.simple_gla import GLAShapes, check_cu_seqlens, validate
 
 _HIGHEST = lax.Precision.HIGHEST
 # dtypes accepted for the cotangents of o and final_state by the gradient references
@@ -241,8 +242,9 @@ def chunked_f64(q, k, v, g_total, h0, scale: float, chunk_size: int):
         o_i    = scale * (exp(G_i) q_i h + sum_{j <= i} exp(G_i - G_j) (q_i . k_j) v_j)
         h_next = exp(G_{C-1}) h + sum_j exp(G_{C-1} - G_j) k_j^T v_j
 
-    The causal weights are ``exp(where(j <= i, G_i - G_j, 0))``, then masked: the
-    discarded exponents (``j > i``, positive for decaying gates) never reach ``exp``.
+    The causal weights are ``exp(where(j <= i, G_i - G_j, -inf))``, then masked: the
+    discarded exponents (``j > i``, positive for decaying gates) never reach ``exp``; a
+    ``-inf`` gate (a reset) cuts the decays that cross it the same way.
     Unmasked, ALiBi decays at chunk 128 overflow float32, stronger ones float64, and
     ``jax.vjp`` would then return NaN. Pure and differentiable, like :func:`recurrence_f64`.
     """
@@ -269,21 +271,31 @@ def _chunked_solver(chunk_size: int) -> Callable:
 @jax.jit
 def _chunk_step(q, k, v, g_total, h, scale: float):
     """One chunk: ``q, k [C, H, K]``, ``v [C, H, V]``, ``g_total [C, H]``, ``h [H, K, V]``
-    -> ``(o [C, H, V], h_next [H, K, V])``."""
-    G = jnp.cumsum(g_total, axis=0)  # [C, H], inclusive
+    -> ``(o [C, H, V], h_next [H, K, V])``.
+
+    A ``-inf`` gate is a reset (``tops/spec/simple_gla.py``): the sums run over the finite
+    gates and ``R``, the number of resets up to each row, cuts every decay that crosses
+    one (its exponent becomes ``-inf``), so ``-inf - (-inf)`` is never formed."""
+    reset = jnp.isneginf(g_total)
+    G = jnp.cumsum(jnp.where(reset, 0.0, g_total), axis=0)  # [C, H], inclusive
+    R = jnp.cumsum(reset.astype(jnp.int32), axis=0)  # [C, H]
     length = q.shape[0]
     causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]  # [i, j]: j <= i
+    kept = causal[None] & (R.T[:, :, None] == R.T[:, None, :])  # [H, i, j]
     log_decay = G.T[:, :, None] - G.T[:, None, :]  # [H, i, j]: G_i - G_j
-    decay = jnp.exp(jnp.where(causal, log_decay, 0.0))
+    decay = jnp.exp(jnp.where(kept, log_decay, -jnp.inf))
     scores = jnp.einsum("ihk,jhk->hij", q, k, precision=_HIGHEST)
-    attention = jnp.where(causal, scores * decay, 0.0)  # [H, i, j]
+    attention = jnp.where(kept, scores * decay, 0.0)  # [H, i, j]
 
-    from_state = jnp.exp(G)[:, :, None] * jnp.einsum("ihk,hkv->ihv", q, h, precision=_HIGHEST)
+    to_row = jnp.exp(jnp.where(R == 0, G, -jnp.inf))  # [C, H]: exp(G_i), no reset up to i
+    from_state = to_row[:, :, None] * jnp.einsum("ihk,hkv->ihv", q, h, precision=_HIGHEST)
     within = jnp.einsum("hij,jhv->ihv", attention, v, precision=_HIGHEST)
     o = scale * (from_state + within)
 
-    to_end = jnp.exp(G[-1][None, :] - G)  # [C, H]: exp(G_{C-1} - G_j), j <= C-1
-    h_next = jnp.exp(G[-1])[:, None, None] * h + jnp.einsum(
+    # exp(G_{C-1} - G_j) for rows j with no reset after them, exp(G_{C-1}) without any.
+    to_end = jnp.exp(jnp.where(R[-1][None, :] == R, G[-1][None, :] - G, -jnp.inf))
+    whole = jnp.exp(jnp.where(R[-1] == 0, G[-1], -jnp.inf))
+    h_next = whole[:, None, None] * h + jnp.einsum(
         "jhk,jhv->hkv", k * to_end[:, :, None], v, precision=_HIGHEST
     )
     return o, h_next
@@ -455,9 +467,5 @@ def _f64(array):
 
 
 def _checked_cu_seqlens(cu_seqlens, seq_len: int) -> list[int]:
-    bounds = [int(x) for x in np.asarray(cu_seqlens)]
-    if bounds[0] != 0 or bounds[-1] != seq_len or any(a > b for a, b in itertools.pairwise(bounds)):
-        raise ValueError(
-            f"cu_seqlens must start at 0, be non-decreasing and end at T = {seq_len}, got {bounds}"
-        )
-    return bounds
+    check_cu_seqlens(cu_seqlens, seq_len)
+    return [int(x) for x in np.asarray(cu_seqlens)]

@@ -11,14 +11,54 @@ allowed (``<= 0`` in practice). ``scale`` defaults to ``K ** -0.5``.
 
 Variable-length batches: with ``cu_seqlens`` (int32 or int64 ``[N + 1]``, ``B == 1``) the
 tokens ``[cu[n], cu[n+1])`` form sequence ``n``, which starts from ``initial_state[n]``
-(zeros when no initial state is given) and owns ``final_state[n]``. ``cu_seqlens`` is a
-run-time value (it may be a traced JAX array), so its entries are not checked; every
-backend assumes ``cu[0] == 0``, ``cu[n] <= cu[n+1]`` and ``cu[N] == T``. An empty sequence
-(``cu[n] == cu[n+1]``) produces no output rows and its final state is its initial state.
-Outputs for entries violating these invariants are unspecified. int64 is accepted because
-flash-linear-attention's callers pass ``torch.long`` offsets; valid entries are at most
-``T``, so the kernels index in int32 and convert int64 entries (wrapping any beyond int32,
-which violate ``cu[N] == T`` anyway).
+(zeros when no initial state is given) and owns ``final_state[n]``. Valid offsets start at
+0, never decrease and end at ``T``. An empty sequence (``cu[n] == cu[n+1]``) produces no
+output rows and its final state is its initial state. int64 is accepted because
+flash-linear-attention's callers pass ``torch.long`` offsets; the kernels index in int32.
+
+Malformed ``cu_seqlens`` (not starting at 0, decreasing, negative, past ``T``):
+
+* Host arrays (NumPy arrays; CPU torch tensors) are checked before any kernel is built:
+  ValueError naming ``cu_seqlens`` and the broken invariant (:func:`check_cu_seqlens`).
+  Lists and tuples are refused by type, like every array argument.
+* Device values (JAX arrays, traced values, CUDA tensors) are not read on the host by
+  default: that would stall every call on a device-to-host copy. The kernels run on the
+  *repaired* offsets, computed on the device before any kernel and within the input's
+  integer type (so int64 entries past int32 clip rather than wrap)::
+
+      cu'[0] = 0,   cu'[N] = T,   cu'[n] = min(T, max(0, cu[0], ..., cu[n]))  (0 < n < N)
+
+  (:func:`repaired_cu_seqlens` is the NumPy definition; valid offsets are unchanged). The
+  result, values and gradients, is the op's on ``cu'``; every kernel reads and writes only
+  inside its arrays whatever the entries are.
+* ``TOPS_CHECK_CU_SEQLENS=1`` (:data:`CHECK_CU_SEQLENS_VARIABLE`) opts in to the check for
+  device values too: a concrete array is copied to the host and checked on every call (a
+  sync); a traced JAX value is checked when the computation runs, by a host callback
+  whose ValueError surfaces as the JAX runtime error of the call.
+
+Special values (run-time values, never checked; the same result on both backends, tested
+in ``tests/ops/simple_gla/test_special_values.py``):
+
+* ``g_t = -inf`` (or ``g_gamma[h] = -inf``: every token of head ``h``) is an exact reset:
+  the total log decay is ``-inf``, ``exp(-inf) = 0``, so ``h_t = k_t^T v_t`` and nothing
+  before token ``t`` reaches ``o_t`` or any later output, within a chunk or across chunk
+  boundaries. The gradient w.r.t. a ``-inf`` gate is 0 (such a token adds 0 to ``d
+  g_gamma``); every other gradient is the reset recurrence's. The kernels never form
+  ``-inf - (-inf)``: a reset cuts every decay that crosses it to exactly 0. A reset
+  multiplies the old state by 0, so a NaN or infinite state stays NaN (IEEE ``0 * inf``).
+* Positive gates (``g > 0`` or ``g_gamma > 0``: a growing state) are allowed. The result
+  is the recurrence's while the state and every within-chunk growth ``exp(G_i - G_j)``
+  stay inside the float32 range; past it outputs overflow to ``inf`` or NaN (the float64
+  reference overflows later).
+* NaN or ``+-inf`` in ``q``, ``k``, ``v`` or ``initial_state``, and NaN or ``+inf`` in
+  ``g`` or ``g_gamma``, are not cleaned: they propagate through IEEE arithmetic, and
+  every backend yields non-finite values at exactly the same output and gradient elements
+  (the chunked computations are the same on both; the values that stay finite agree within
+  the usual tolerance). Other heads and other sequences (batch rows, varlen sequences) are
+  unaffected, as are the forward outputs of a sequence before the chunk that holds its
+  first non-finite value; gradients of the affected sequence and head may be non-finite at
+  any token (they flow backwards). Wherever the float64 recurrence is non-finite, so are
+  the kernels (a non-finite input never turns into a finite wrong number).
 
 ``chunk_size`` (64 or 128) only changes how the kernels block the sequence, not the
 mathematical result.
@@ -52,6 +92,16 @@ higher-order      NotImplementedError (grad of    RuntimeError at the second    
 derivatives       grad, hessian, jvp of grad)     backward (create_graph=True)
 bool flags        TypeError unless a Python or    the same                      bool_flags
                   NumPy bool
+malformed         ValueError (NumPy)              ValueError (CPU tensor)       malformed_cu_seqlens
+``cu_seqlens``,
+host
+malformed         repaired on the device (JAX     repaired on the device        device_cu_seqlens
+``cu_seqlens``,   array, traced): the result on   (CUDA; in the interpreter
+device            ``cu'``, in bounds              the launchers, tested
+                                                  directly)
+the same, with    ValueError (concrete); JAX      ValueError (CUDA: synced)     checked_cu_seqlens
+``TOPS_CHECK_``   runtime error naming it
+``CU_SEQLENS=1``  (traced)
 ================  ==============================  ============================  ====================
 
 ``HeadFirstWarning`` follows flash-linear-attention's rule (``T < H`` suggests ``[B, H, T,
@@ -63,8 +113,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
 from dataclasses import dataclass
+
+import numpy as np
 
 from tops.spec.common import (
     dtype_name,
@@ -88,6 +141,45 @@ FIRST_DERIVATIVES_ONLY = (
     "derivatives of their own, so a gradient of a gradient, a Hessian or a forward-mode "
     "derivative of a gradient cannot be taken"
 )
+
+
+CHECK_CU_SEQLENS_VARIABLE = "TOPS_CHECK_CU_SEQLENS"
+
+
+def check_device_cu_seqlens() -> bool:
+    """Whether ``TOPS_CHECK_CU_SEQLENS`` asks for device ``cu_seqlens`` to be synced to the
+    host and checked (read at every call)."""
+    return os.environ.get(CHECK_CU_SEQLENS_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_cu_seqlens(cu_seqlens, seq_len: int) -> None:
+    """Raise ValueError naming ``cu_seqlens`` unless its entries (a host array ``[N + 1]``)
+    start at 0, never decrease and end at ``seq_len``."""
+    bounds = np.asarray(cu_seqlens).astype(np.int64)
+    problems = []
+    if bounds[0] != 0:
+        problems.append(f"start at 0 (cu_seqlens[0] = {bounds[0]})")
+    steps = np.flatnonzero(bounds[1:] < bounds[:-1])
+    if steps.size:
+        n = int(steps[0])
+        problems.append(
+            f"never decrease (cu_seqlens[{n}] = {bounds[n]} > cu_seqlens[{n + 1}] = "
+            f"{bounds[n + 1]})"
+        )
+    if bounds[-1] != seq_len:
+        problems.append(f"end at T = {seq_len} (cu_seqlens[-1] = {bounds[-1]})")
+    if problems:
+        shown = bounds.tolist() if bounds.size <= 16 else f"{bounds[:16].tolist()} ..."
+        raise ValueError(f"cu_seqlens must {' and '.join(problems)}; got {shown}")
+
+
+def repaired_cu_seqlens(cu_seqlens, seq_len: int) -> np.ndarray:
+    """The offsets the kernels run on for device ``cu_seqlens`` (NumPy definition, int32
+    ``[N + 1]``): ``cu'[0] = 0``, ``cu'[N] = T`` and ``cu'[n] = min(T, max(0, cu[0], ...,
+    cu[n]))`` in between; valid offsets are returned unchanged."""
+    bounds = np.clip(np.maximum.accumulate(np.asarray(cu_seqlens).astype(np.int64)), 0, seq_len)
+    bounds[0], bounds[-1] = 0, seq_len
+    return bounds.astype(np.int32)
 
 
 class HeadFirstWarning(UserWarning):

@@ -203,3 +203,74 @@ def test_tpu_bool_flags():
     _, state = chunk_simple_gla(**arrays, output_final_state=np.bool_(True))
     _, expected = chunk_simple_gla(**arrays, output_final_state=True)
     np.testing.assert_array_equal(np.asarray(state), np.asarray(expected))
+
+
+MALFORMED_CU_SEQLENS = {
+    "start": ([1, 30, 70], r"start at 0 \(cu_seqlens\[0\] = 1\)"),
+    "decrease": (
+        [0, 40, 30, 70],
+        r"never decrease \(cu_seqlens\[1\] = 40 > cu_seqlens\[2\] = 30\)",
+    ),
+    "end": ([0, 30, 71], r"end at T = 70 \(cu_seqlens\[-1\] = 71\)"),
+    "negative": ([0, -2, 70], r"never decrease"),
+    "int64": ([0, 2**32 + 30, 70], r"never decrease .* = 4294967326 >"),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64], ids=["tpu_int32", "tpu_int64"])
+def test_tpu_malformed_cu_seqlens(dtype, monkeypatch):
+    """NumPy offsets that do not start at 0, decrease or do not end at T: ValueError
+    naming ``cu_seqlens`` and the broken invariant, before any kernel is built."""
+    arrays = {**_arrays(), "initial_state": None}
+    monkeypatch.setattr(kernel, "forward", None)  # a kernel launch would fail differently
+    for cu, match in MALFORMED_CU_SEQLENS.values():
+        if dtype == np.int32 and max(cu) >= 2**31:
+            continue
+        with pytest.raises(ValueError, match=rf"^cu_seqlens must {match}"):
+            chunk_simple_gla(**arrays, cu_seqlens=np.asarray(cu, dtype))
+
+
+def test_tpu_device_cu_seqlens():
+    """Malformed JAX offsets, concrete or traced, are repaired on the device: the result
+    is the call's on ``repaired_cu_seqlens`` (valid NumPy offsets), bit for bit, finite."""
+    arrays = {**_arrays(), "initial_state": None}
+
+    def run(cu_seqlens):
+        return chunk_simple_gla(**arrays, cu_seqlens=cu_seqlens, output_final_state=True)
+
+    jitted = jax.jit(run)
+    for cu, _ in MALFORMED_CU_SEQLENS.values():
+        if max(cu) >= 2**31:
+            continue  # int64 needs x64 on (tests/ops/simple_gla/test_tpu_robustness.py)
+        want = run(spec.repaired_cu_seqlens(cu, 70))
+        for got in (run(jnp.asarray(cu, jnp.int32)), jitted(jnp.asarray(cu, jnp.int32))):
+            for x, y in zip(got, want, strict=True):
+                assert np.isfinite(np.asarray(x)).all()
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_tpu_checked_cu_seqlens(monkeypatch):
+    """With ``TOPS_CHECK_CU_SEQLENS=1``: a concrete JAX array is synced and checked
+    (ValueError); a traced one is checked when the computation runs, and the call raises
+    ``jax.errors.JaxRuntimeError`` whose message carries the ValueError. Valid offsets
+    give the unchecked result."""
+    monkeypatch.setenv(spec.CHECK_CU_SEQLENS_VARIABLE, "1")
+    arrays = {**_arrays(), "initial_state": None}
+
+    def run(cu_seqlens):
+        return chunk_simple_gla(**arrays, cu_seqlens=cu_seqlens)[0]
+
+    jitted = jax.jit(run)  # traced after the variable is set: the check is in the trace
+    for cu, match in MALFORMED_CU_SEQLENS.values():
+        if max(cu) >= 2**31:
+            continue
+        with pytest.raises(ValueError, match=rf"^cu_seqlens must {match}"):
+            run(jnp.asarray(cu, jnp.int32))
+        with pytest.raises(
+            jax.errors.JaxRuntimeError, match=rf"ValueError: cu_seqlens must {match}"
+        ):
+            jax.block_until_ready(jitted(jnp.asarray(cu, jnp.int32)))
+    valid = np.asarray([0, 30, 70], np.int32)
+    expected = np.asarray(run(valid))
+    np.testing.assert_array_equal(np.asarray(run(jnp.asarray(valid))), expected)
+    np.testing.assert_array_equal(np.asarray(jitted(jnp.asarray(valid))), expected)

@@ -8,7 +8,12 @@ import torch
 
 from tops.backends import torch_device
 from tops.gpu.simple_gla import backward, kernel
-from tops.spec.simple_gla import FIRST_DERIVATIVES_ONLY, validate
+from tops.spec.simple_gla import (
+    FIRST_DERIVATIVES_ONLY,
+    check_cu_seqlens,
+    check_device_cu_seqlens,
+    validate,
+)
 
 
 def chunk_simple_gla(
@@ -42,7 +47,10 @@ def chunk_simple_gla(
       output_final_state: whether to return the final states (a Python or NumPy bool).
       cu_seqlens: None or int32 or int64 (FLA's ``torch.long``) ``[N + 1]`` (``B == 1``):
         sequence ``n`` is tokens ``[cu[n], cu[n+1])``, any lengths, each from its own
-        initial state. Read only on the device (no host sync).
+        initial state; starting at 0, never decreasing, ending at ``T``. A CPU tensor is
+        checked; a CUDA tensor is read only on the device (no host sync): malformed
+        offsets are repaired there (``tops/spec/simple_gla.py``), or, with
+        ``TOPS_CHECK_CU_SEQLENS=1``, synced and checked.
       chunk_size: 64 or 128, the kernels' block of tokens.
 
     Returns:
@@ -57,8 +65,9 @@ def chunk_simple_gla(
 
     Raises:
       TypeError: an array argument that is not a torch tensor, or a flag that is not a bool.
-      ValueError: arguments that break the contract of :mod:`tops.spec.simple_gla`, or
-        tensors that are not on the backend's device (all on ``q``'s).
+      ValueError: arguments that break the contract of :mod:`tops.spec.simple_gla`
+        (malformed ``cu_seqlens`` when checked, see above), or tensors that are not on
+        the backend's device (all on ``q``'s).
       RuntimeError: when a gradient computed with ``create_graph=True`` is differentiated
         (first derivatives only).
 
@@ -91,8 +100,7 @@ def chunk_simple_gla(
         if tensor is not None:
             _require_device(name, tensor, q)
     if cu_seqlens is not None:
-        # The kernels index in int32; valid offsets (at most T) fit. A device-side cast.
-        cu_seqlens = cu_seqlens.to(torch.int32)
+        _check_host_cu_seqlens(cu_seqlens, shapes.seq_len)
     o, final_state = _ChunkSimpleGLA.apply(
         q,
         k,
@@ -199,6 +207,15 @@ class _FirstDerivativesOnly(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *cotangents):
         raise RuntimeError(FIRST_DERIVATIVES_ONLY)
+
+
+def _check_host_cu_seqlens(cu_seqlens: torch.Tensor, seq_len: int) -> None:
+    """ValueError for malformed offsets that can be read without a stall: a CPU tensor
+    (every tensor under the interpreter), or a CUDA one when ``TOPS_CHECK_CU_SEQLENS``
+    asks for the sync. Unchecked device offsets are repaired by the launchers
+    (:func:`tops.gpu.simple_gla.kernel.repair_cu_seqlens`)."""
+    if cu_seqlens.device.type == "cpu" or check_device_cu_seqlens():
+        check_cu_seqlens(cu_seqlens.detach().cpu().numpy(), seq_len)
 
 
 def _require_device(name: str, tensor: torch.Tensor, q: torch.Tensor) -> None:

@@ -25,6 +25,13 @@ of the total gate ``g_t + gamma``, so its gradient ``dg_total_t = sum_{i >= t} d
 reverse cumsum within the chunk; ``dg = dg_total`` and ``dg_gamma[h] = sum_t dg_total_t``.
 The initial state's gradient is ``dS`` of each sequence's first chunk (``dh0``).
 
+Resets (``-inf`` gates): every ``exp`` factor above is the cut decay of
+:func:`tops.gpu.simple_gla.kernel._chunk_gates` (0 where it crosses a reset; ``G`` sums
+the finite gates), and each term carries its own factor, so the equations hold unchanged
+with cut terms vanishing: they are the derivatives of the reset recurrence w.r.t. the
+finite gates. At a reset token the terms of ``dg_total`` cancel up to rounding; the
+kernel stores the contract's exact 0 there.
+
 1. :func:`_chunk_dh_kernel` walks each sequence's chunks in reverse, stores ``dS'`` of
    every chunk (``dh [NC, H, K, V]``, indexed like the forward's ``states``) and ``dh0``.
 2. :func:`_chunk_dqkg_kernel`: per chunk and key block, ``dq``, ``dk`` and the key block's
@@ -43,8 +50,9 @@ queries of the dh pass, ``dh`` itself (stored bf16, like the forward's ``states`
 gated ``ds`` and attention matrices are rounded to bf16 before their dots; tf32 for f32
 inputs, emulated in the interpreter by truncating the operands). The state gradient is
 carried in f32 across chunks; gate terms, exponentials and the ``dg`` sums are f32. Every
-exponent a mask discards (above/below the diagonal, rows past a sequence's end) is zeroed
-before the exponential (:func:`tops.gpu.arith.exp`).
+exponent a mask discards is replaced before the exponential (:func:`tops.gpu.arith.exp`):
+by 0 above/below the diagonal (the product is masked after), by ``-inf`` (an exact 0
+factor) for rows past a sequence's end and decays across a reset.
 """
 
 from __future__ import annotations
@@ -144,12 +152,12 @@ def _chunk_dh_kernel(
         q_t = _load_rows_t(q_ptr, tokens, row_valid, i_h, H, K, offs_k, offs_k < K)
         do_c = _load_rows(do_ptr, tokens, row_valid, i_h, H, V, offs_v, offs_v < V)
         if USE_G or USE_GAMMA:
-            G, G_last = _chunk_gates(
+            _, _, _, from_start, _, whole = _chunk_gates(
                 g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
             )
-            q_gain = scale * exp(tl.where(row_valid, G, 0.0))
+            q_gain = scale * exp(from_start)
             q_t = (q_t.to(tl.float32) * q_gain[None, :]).to(q_ptr.dtype.element_ty)
-            dh = dh * exp(G_last)
+            dh = dh * exp(whole)
         else:
             # Upcast first: a bf16 tensor times an f32 scalar is typed bf16, and the
             # interpreter then multiplies the raw bf16 bit patterns (garbage).
@@ -249,21 +257,27 @@ def _chunk_dqkg_kernel(
         gamma = 0.0
         if USE_GAMMA:
             gamma = tl.load(gamma_ptr + i_h)
-        G, G_last = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
-        dq = dq * (scale * exp(tl.where(row_valid, G, 0.0)))[:, None]
-        dk = dk * exp(tl.where(row_valid, G_last - G, 0.0))[:, None]
+        G, R, reset, from_start, to_end, whole = _chunk_gates(
+            g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA
+        )
+        causal = causal & (R[:, None] == R[None, :])  # no decay crosses a reset
+        dq = dq * (scale * exp(from_start))[:, None]
+        dk = dk * exp(to_end)[:, None]
         q_f = q_c.to(tl.float32)
         k_f = k_c.to(tl.float32)
         k_dk_state = tl.sum(k_f * dk, axis=1)
         # Derivative w.r.t. G_L of the exp(G_L) factors of the state leaving the chunk.
-        d_last = tl.sum(state_dot, axis=0) * exp(G_last) + tl.sum(k_dk_state, axis=0)
+        d_last = tl.sum(state_dot, axis=0) * exp(whole) + tl.sum(k_dk_state, axis=0)
         dG = tl.sum(q_f * dq, axis=1) - k_dk_state
         ds = ds * exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
         ds = tl.where(causal, ds * scale, 0.0)
-        # ds_ij (q_i . k_j): the intra-chunk terms, + for G_i and - for G_j.
-        ds_qk = ds * dot(q_c, tl.trans(k_c), TF32)
+        # ds_ij (q_i . k_j): the intra-chunk terms, + for G_i and - for G_j. Masked with
+        # where: a non-finite q_i or k_j must not reach the sums through 0 * inf.
+        ds_qk = tl.where(causal, ds * dot(q_c, tl.trans(k_c), TF32), 0.0)
         dG += tl.sum(ds_qk, axis=1) - tl.sum(ds_qk, axis=0)
         dg_total = tl.cumsum(dG, axis=0, reverse=True) + d_last
+        # At a reset the terms cancel to a rounding residue; the contract's value is 0.
+        dg_total = tl.where(reset, 0.0, dg_total)
         tl.store(
             dg_ptr + (i_k.to(tl.int64) * TOKENS + tokens) * H + i_h,
             dg_total,
@@ -344,8 +358,11 @@ def _chunk_dv_kernel(
         gamma = 0.0
         if USE_GAMMA:
             gamma = tl.load(gamma_ptr + i_h)
-        G, G_last = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
-        dv = dv * exp(tl.where(row_valid, G_last - G, 0.0))[:, None]
+        G, R, _, _, to_end, _ = _chunk_gates(
+            g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA
+        )
+        anticausal = anticausal & (R[:, None] == R[None, :])  # no decay crosses a reset
+        dv = dv * exp(to_end)[:, None]
         A = A * exp(tl.where(anticausal, G[None, :] - G[:, None], 0.0))
     A = tl.where(anticausal, A * scale, 0.0)
 

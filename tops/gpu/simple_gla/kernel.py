@@ -29,6 +29,14 @@ The stored states are also exactly what a
 backward pass needs (:func:`forward` returns them). Variable-length batches need no host
 sync: the kernels read ``cu_seqlens`` and a chunk table built by torch ops on the device,
 the output grid being the bound ``cdiv(T, BT) + N`` (spare programs mask everything).
+Both launchers first pass ``cu_seqlens`` through :func:`repair_cu_seqlens` (on the device),
+so malformed offsets cannot make a kernel read or write outside its arrays; valid ones are
+unchanged.
+
+Resets: a ``-inf`` gate (``g_t``, or ``g_gamma[h]`` for every token of head ``h``) zeroes
+the decay across it. ``G`` sums only the finite gates and every decay that crosses a reset
+gets the exponent ``-inf`` instead (:func:`_chunk_gates`), so ``exp`` gives an exact 0 and
+no ``-inf - (-inf)`` (NaN) is ever formed.
 
 Arithmetic (mirrors flash-linear-attention's ``chunk_fwd_h`` / ``chunk_fwd_o``, which is
 what GPU users run):
@@ -47,9 +55,10 @@ what GPU users run):
   which under the interpreter forms the tensor cores' exact bf16/tf32 products, sums them
   in a stated float32 order and evaluates ``exp`` the same way on every host.
 * Exponentials: natural base throughout. Every exponent that is a gate
-  difference is masked before the exponential, ``exp(where(mask, G_i - G_j, 0))``, so no
-  masked-out (upper-triangle or past-the-end) difference can overflow to ``inf`` and meet a
-  zero (``inf * 0 = NaN``). ALiBi gates at chunk 128 reach ``G_i - G_j > 88.7`` above the
+  difference is masked before the exponential, ``exp(where(mask, G_i - G_j, 0))``, or
+  (past the end, across a reset) set to ``-inf``, so no masked-out (upper-triangle,
+  past-the-end or reset-crossing) difference can overflow to ``inf`` and meet a zero
+  (``inf * 0 = NaN``). ALiBi gates at chunk 128 reach ``G_i - G_j > 88.7`` above the
   diagonal, where ``exp`` overflows in f32.
 * The state stays f32 across chunks; ``final_state`` is the f32 state, ``o`` is rounded
   once to the dtype of ``v``.
@@ -117,21 +126,47 @@ def _chunk_gates(
     USE_G: tl.constexpr,
     USE_GAMMA: tl.constexpr,
 ):
-    """Cumulative log decay ``G [BT]`` (f32) of the chunk whose first row is ``row0`` of a
-    sequence of ``seq_len`` tokens starting at token ``token0``, and ``G_last``, its value
-    at the chunk's last valid row. Rows past the end read ``g = 0``; their ``G`` is never
-    used unmasked."""
+    """The decays of the chunk whose first row is ``row0`` of a sequence of ``seq_len``
+    tokens starting at token ``token0``, as exponents for :func:`tops.gpu.arith.exp`.
+
+    A ``-inf`` gate (``g_t``, or ``gamma``: every row) is a reset. ``G [BT]`` (f32) is the
+    cumulative log decay over the *finite* gates (a reset counts 0) and ``R [BT]`` (int32)
+    the number of resets up to each row; a decay that crosses a reset is exactly 0, and
+    no ``-inf - (-inf)`` is ever formed. Returns ``(G, R, reset, from_start, to_end,
+    whole)``:
+
+    * ``reset [BT]``: the rows whose gate is ``-inf``;
+    * ``from_start [BT]``: ``G_i`` where no reset lies in rows ``0 .. i``, else ``-inf``
+      (chunk start to row ``i``);
+    * ``to_end [BT]``: ``G_last - G_j`` where no reset lies in rows ``j + 1 .. last``, else
+      ``-inf`` (row ``j`` to the chunk's last valid row);
+    * ``whole []``: ``G_last`` without a reset in the chunk, else ``-inf``.
+
+    Rows past the end read ``g = 0`` and get ``-inf`` in ``from_start`` and ``to_end`` (an
+    unmasked ``G_last - G_j`` there can overflow, and ``inf * 0`` is NaN). The pairwise
+    decay ``exp(G_i - G_j)`` is the caller's, kept only where ``R_i == R_j``.
+    """
     rows = tl.arange(0, BT)
+    valid = row0 + rows < seq_len
     G = tl.zeros([BT], dtype=tl.float32)
+    reset = rows < 0
     if USE_G:
-        valid = row0 + rows < seq_len
         g_offs = (token0 + row0 + rows).to(tl.int64) * H + i_h
-        G = tl.cumsum(tl.load(g_ptr + g_offs, mask=valid, other=0.0), axis=0)
+        g = tl.load(g_ptr + g_offs, mask=valid, other=0.0)
+        reset = valid & (g == float("-inf"))
+        G = tl.cumsum(tl.where(reset, 0.0, g), axis=0)
     if USE_GAMMA:
-        G = G + gamma * (rows + 1).to(tl.float32)
+        gamma_reset = valid & (tl.full([BT], gamma, tl.float32) == float("-inf"))
+        G = G + tl.where(gamma_reset, 0.0, gamma) * (rows + 1).to(tl.float32)
+        reset = reset | gamma_reset
+    R = tl.cumsum(reset.to(tl.int32), axis=0)
     last = tl.minimum(BT, seq_len - row0) - 1
     G_last = tl.sum(tl.where(rows == last, G, 0.0), axis=0)
-    return G, G_last
+    R_last = tl.sum(tl.where(rows == last, R, 0), axis=0)
+    from_start = tl.where(valid & (R == 0), G, float("-inf"))
+    to_end = tl.where(valid & (R_last == R), G_last - G, float("-inf"))
+    whole = tl.where(R_last == 0, G_last, float("-inf"))
+    return G, R, reset, from_start, to_end, whole
 
 
 @triton.jit
@@ -302,12 +337,12 @@ def _chunk_states_kernel(
         k_t = _load_rows_t(k_ptr, tokens, row_valid, i_h, H, K, offs_k, offs_k < K)
         v_c = _load_rows(v_ptr, tokens, row_valid, i_h, H, V, offs_v, offs_v < V)
         if USE_G or USE_GAMMA:
-            G, G_last = _chunk_gates(
+            _, _, _, _, to_end, whole = _chunk_gates(
                 g_ptr, gamma, token0, i_t * BT, seq_len, H, i_h, BT, USE_G, USE_GAMMA
             )
-            decay_to_end = exp(tl.where(row_valid, G_last - G, 0.0))
-            v_c = (v_c * decay_to_end[:, None]).to(v_ptr.dtype.element_ty)
-            h = h * exp(G_last)
+            v_c = (v_c * exp(to_end)[:, None]).to(v_ptr.dtype.element_ty)
+            # A reset multiplies by exp(-inf) = 0 (a NaN or infinite state stays NaN).
+            h = h * exp(whole)
         h += dot(k_t, v_c, TF32)
 
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + kv_offs, h, mask=mask_kv)
@@ -379,8 +414,12 @@ def _chunk_output_kernel(
         gamma = 0.0
         if USE_GAMMA:
             gamma = tl.load(gamma_ptr + i_h)
-        G, _ = _chunk_gates(g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA)
-        o = o * exp(tl.where(row_valid, G, 0.0))[:, None]
+        G, R, _, from_start, _, _ = _chunk_gates(
+            g_ptr, gamma, token0, row0, seq_len, H, i_h, BT, USE_G, USE_GAMMA
+        )
+        # No decay crosses a reset: pairs (i, j) with a reset in j + 1 .. i are dropped.
+        causal = causal & (R[:, None] == R[None, :])
+        o = o * exp(from_start)[:, None]
         A = A * exp(tl.where(causal, G[:, None] - G[None, :], 0.0))
     A = tl.where(causal, A, 0.0)
 
@@ -396,7 +435,8 @@ def _chunk_table(cu_seqlens: torch.Tensor, seq_len: int, chunk_size: int):
     int32, the first global chunk of each sequence (exclusive cumsum of
     ``cdiv(L_n, BT)``); ``chunk_seq [bound]`` int32, the sequence of each global chunk and
     ``-1`` past the last; ``bound = cdiv(T, BT) + N`` chunks, an upper bound on
-    ``sum_n cdiv(L_n, BT)`` known without reading ``cu_seqlens`` on the host.
+    ``sum_n cdiv(L_n, BT)`` known without reading ``cu_seqlens`` on the host (for
+    offsets that start at 0, never decrease and end at ``T``: repaired ones).
     """
     num_seqs = cu_seqlens.shape[0] - 1
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
@@ -410,11 +450,31 @@ def _chunk_table(cu_seqlens: torch.Tensor, seq_len: int, chunk_size: int):
     return chunk_offsets.to(torch.int32), chunk_seq.to(torch.int32), bound
 
 
+def repair_cu_seqlens(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The offsets the kernels run on, on ``cu_seqlens``'s device without a host sync: the
+    torch twin of :func:`tops.spec.simple_gla.repaired_cu_seqlens`.
+
+    Args:
+      cu_seqlens: int32 or int64 ``[N + 1]``, ``N >= 1``, any values.
+      seq_len: ``T``, the number of tokens.
+
+    Returns:
+      int32 ``[N + 1]``: in int64, the running maximum clipped to ``[0, T]``, with the
+      first entry 0 and the last ``T`` (int64 entries past the int32 range clip rather
+      than wrap). Valid offsets come back unchanged, as int32; the input is not modified.
+    """
+    bounds = torch.cummax(cu_seqlens.to(torch.int64), dim=0).values.clamp(0, seq_len)
+    bounds[0] = 0
+    bounds[-1] = seq_len
+    return bounds.to(torch.int32)
+
+
 def _chunk_layout(batch: int, seq_len: int, cu_seqlens, chunk_size: int, device):
     """``(cu_seqlens, chunk_offsets, chunk_seq, grid_chunks)``: the int32 sequence bounds
-    (``arange(B + 1) * T`` without varlen), the chunk table of :func:`_chunk_table` and
-    the number of global chunks the per-chunk grids cover. The forward numbers its
-    chunks (the rows of ``states``) this way and the backward reads them the same way."""
+    (``arange(B + 1) * T`` without varlen; a given ``cu_seqlens`` through
+    :func:`repair_cu_seqlens`), the chunk table of :func:`_chunk_table` and the number of
+    global chunks the per-chunk grids cover. The forward numbers its chunks (the rows of
+    ``states``) this way and the backward reads them the same way."""
     if cu_seqlens is None:
         cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=device) * seq_len
         num_chunks = triton.cdiv(seq_len, chunk_size)
@@ -426,7 +486,8 @@ def _chunk_layout(batch: int, seq_len: int, cu_seqlens, chunk_size: int, device)
             rounding_mode="floor",
         )
         return cu_seqlens, chunk_offsets, chunk_seq, grid_chunks
-    cu_seqlens = cu_seqlens.to(torch.int32)
+    # Whatever the entries, the kernels then read and write only inside their arrays.
+    cu_seqlens = repair_cu_seqlens(cu_seqlens, batch * seq_len)  # B == 1 with cu_seqlens
     chunk_offsets, chunk_seq, grid_chunks = _chunk_table(cu_seqlens, seq_len, chunk_size)
     return cu_seqlens, chunk_offsets, chunk_seq, grid_chunks
 

@@ -13,12 +13,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from tops.backends import pallas_interpret
 from tops.ops.simple_gla import backward, kernel
 from tops.ops.simple_gla.alibi import build_alibi_slopes, make_alibi_g_gamma
-from tops.spec.simple_gla import FIRST_DERIVATIVES_ONLY, validate
+from tops.spec.simple_gla import (
+    FIRST_DERIVATIVES_ONLY,
+    check_cu_seqlens,
+    check_device_cu_seqlens,
+    validate,
+)
 
 __all__ = ["build_alibi_slopes", "chunk_simple_gla", "make_alibi_g_gamma"]
 
@@ -46,9 +52,12 @@ def chunk_simple_gla(
       scale: None (``K ** -0.5``) or a finite Python or NumPy number.
       initial_state: None (zeros) or float32 ``[N, H, K, V]``.
       output_final_state: whether to return the final states (a Python or NumPy bool).
-      cu_seqlens: None or int32 or int64 ``[N + 1]`` with ``B == 1`` (converted to int32):
-        packed sequences ``[cu[n], cu[n+1])``, each from its own initial state. May be
-        traced; its entries must satisfy the contract of ``tops/spec/simple_gla.py``.
+      cu_seqlens: None or int32 or int64 ``[N + 1]`` with ``B == 1``: packed sequences
+        ``[cu[n], cu[n+1])``, each from its own initial state. A NumPy array is checked
+        (start 0, never decreasing, end ``T``); a JAX array, possibly traced, is not
+        read on the host: the kernels run on the repaired offsets
+        (``kernel.repair_cu_seqlens``), unless ``TOPS_CHECK_CU_SEQLENS=1`` asks for the
+        check (see ``tops/spec/simple_gla.py``).
       chunk_size: 64 or 128 (blocking only, not the result).
 
     Returns:
@@ -65,7 +74,11 @@ def chunk_simple_gla(
     Raises:
       TypeError: an array argument that is not a JAX or NumPy array (a list, a torch
         tensor), or ``output_final_state`` that is not a bool.
-      ValueError: an argument violates the contract (named in the message).
+      ValueError: an argument violates the contract (named in the message), malformed
+        NumPy ``cu_seqlens`` included (and concrete JAX ones with
+        ``TOPS_CHECK_CU_SEQLENS=1``).
+      jax.errors.JaxRuntimeError: with ``TOPS_CHECK_CU_SEQLENS=1``, malformed traced
+        ``cu_seqlens``, when the computation runs (its message holds the ValueError).
       NotImplementedError: when a gradient is differentiated (``jax.grad`` of ``jax.grad``,
         ``jax.hessian``, ``jax.jvp`` of ``jax.grad``).
 
@@ -91,19 +104,48 @@ def chunk_simple_gla(
         state_shape = (0, shapes.heads, shapes.key_dim, shapes.value_dim)
         return o, jnp.zeros(state_shape, jnp.float32) if output_final_state else None
 
+    if cu_seqlens is not None:
+        _check_cu_seqlens(cu_seqlens, shapes.seq_len)
+        # The kernels index in int32 (TPU scalar memory has no 64-bit integers); repairing
+        # outside the custom_vjp keeps its integer input, which gets no cotangent, int32.
+        cu_seqlens = _repair_cu_seqlens(cu_seqlens, seq_len=shapes.seq_len)
+
     def as_jax(x, dtype=None):
         return None if x is None else jnp.asarray(x, dtype)
 
     return _forward(
         *(as_jax(x) for x in (q, k, v, g, g_gamma, initial_state)),
-        # The kernels index in int32 (TPU scalar memory has no 64-bit integers); converting
-        # outside the custom_vjp keeps its integer input, which gets no cotangent, int32.
-        as_jax(cu_seqlens, jnp.int32),
+        cu_seqlens,
         scale=shapes.scale,
         chunk_size=int(chunk_size),
         output_final_state=output_final_state,
         interpret=pallas_interpret(),
     )
+
+
+def _check_cu_seqlens(cu_seqlens, seq_len: int) -> None:
+    """ValueError for malformed NumPy ``cu_seqlens``; with ``TOPS_CHECK_CU_SEQLENS=1``
+    also for a concrete JAX array (a device-to-host copy) and, when the computation runs,
+    for a traced one (a host callback raising the same ValueError, which JAX reports as
+    a ``JaxRuntimeError``)."""
+    if isinstance(cu_seqlens, np.ndarray):
+        check_cu_seqlens(cu_seqlens, seq_len)
+    elif check_device_cu_seqlens():
+        if isinstance(cu_seqlens, jax.core.Tracer):
+            jax.debug.callback(functools.partial(check_cu_seqlens, seq_len=seq_len), cu_seqlens)
+        else:
+            check_cu_seqlens(np.asarray(cu_seqlens), seq_len)
+
+
+def _repair_cu_seqlens(cu_seqlens, *, seq_len: int) -> jax.Array:
+    """``kernel.repair_cu_seqlens`` as one dispatch (a NumPy array is clipped on the
+    host first, so int64 entries never wrap)."""
+    if isinstance(cu_seqlens, np.ndarray):
+        cu_seqlens = np.clip(cu_seqlens, 0, seq_len)
+    return _repair_jit(cu_seqlens, seq_len=seq_len)
+
+
+_repair_jit = jax.jit(kernel.repair_cu_seqlens, static_argnames=("seq_len",))
 
 
 @functools.partial(

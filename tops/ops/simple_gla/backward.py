@@ -147,7 +147,14 @@ def _backward_kernel(
     lane = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)  # j
     gamma = gamma_ref[pl.program_id(1)] if has_gamma else 0.0
     decay_ij, decay_in, decay_tot, decay_out = kernel._segment_decays(
-        g_ref, gamma, chunk_row=chunk_row, lo=lo, hi=hi, chunk=chunk, has_g=has_g
+        g_ref,
+        gamma,
+        chunk_row=chunk_row,
+        lo=lo,
+        hi=hi,
+        chunk=chunk,
+        has_g=has_g,
+        has_gamma=has_gamma,
     )
     causal = (lane <= sub) & window
     weights = jnp.where(causal, jnp.exp(jnp.where(causal, decay_ij, 0.0)), 0.0)  # M
@@ -155,9 +162,11 @@ def _backward_kernel(
     to_end = jnp.exp(jnp.where(window, decay_out, 0.0))  # exp(D_tot - D_j), (C, 1)
     whole = jnp.exp(decay_tot)  # exp(D_tot)
 
-    attention = weights * _dot(q, k, ((1,), (1,)))  # A (C, C)
+    # Masked with where, not only by the zero weights: 0 * NaN would carry a non-finite
+    # q_i or v_j into the rows the causal mask excludes (the contract's NaN mask).
+    attention = jnp.where(causal, weights * _dot(q, k, ((1,), (1,))), 0.0)  # A (C, C)
     do_v = _dot(do, v, ((1,), (1,)))  # do v^T (C, C)
-    d_attention = weights * do_v  # B
+    d_attention = jnp.where(causal, weights * do_v, 0.0)  # B
     dq_state = scale * _dot(do * to_row, state, ((1,), (1,)))  # (C, Kp)
     dq = dq_state + scale * _dot(d_attention, k, ((1,), (0,)))
     dk_state = _dot(v * to_end, dstate, ((1,), (1,)))  # (C, Kp)
@@ -178,7 +187,8 @@ def _backward_kernel(
         lane_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 1)  # t
         before = sub_wide < lane_wide
         # crossing[i, t] = sum_{j < t} A_ij (do_i . v_j)
-        crossing = _dot(attention * do_v, before.astype(jnp.float32), ((1,), (0,)))
+        products = jnp.where(causal, attention * do_v, 0.0)
+        crossing = _dot(products, before.astype(jnp.float32), ((1,), (0,)))
         terms = jnp.where(before, keys_before, queries_after + scale * crossing)
         states_term = whole * jnp.sum(dstate * state, keepdims=True)  # (1, 1)
         da = jnp.sum(terms, axis=0, keepdims=True) + states_term  # (1, 128), lane t
@@ -218,7 +228,8 @@ def backward(
     Args:
       q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]`` (bf16 or f32): the forward's inputs.
       g: None or float32 ``[B, T, H]``; g_gamma: None or float32 ``[H]``.
-      cu_seqlens: None or int32 ``[N + 1]`` (``B == 1``), possibly traced.
+      cu_seqlens: None or int32 or int64 ``[N + 1]`` (``B == 1``), possibly traced; run
+        on ``kernel.repair_cu_seqlens`` of it (any entries are safe).
       states: float32 ``[B, H, S, Kp, Vp]``, the state before every segment
         (``kernel.forward(..., save_states=True, padded_states=True)``).
       do: ``[B, T, H, V]``, the cotangent of ``o`` (any float dtype).
@@ -254,6 +265,7 @@ def backward(
     )
     prefetch = ()
     if varlen:
+        cu_seqlens = kernel.repair_cu_seqlens(cu_seqlens, seq_len)  # in bounds whatever it is
         tables = kernel.segment_tables(cu_seqlens, seq_len=seq_len, chunk=chunk)
         prefetch = (*tables, cu_seqlens)
 

@@ -53,6 +53,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax.typing import ArrayLike
 
 from tops.ops.double_float import add_dd
 
@@ -127,9 +128,9 @@ def _segment(prefetch, *, chunk, seq_len, varlen, num_segments=None, reverse=Fal
     forward then resets the state to the initial state) and ``last`` whether it ends it
     (the backward, which visits the segments in reverse, ``reverse=True``, then resets
     the state gradient to the final state's cotangent; it needs ``num_segments``). The
-    segment is ``s = program_id(3)``, or ``S - 1 - program_id(3)`` in reverse. Windows
-    never reach past ``T``, so invalid ``cu_seqlens`` (outside the contract) only give
-    empty or clipped windows.
+    segment is ``s = program_id(3)``, or ``S - 1 - program_id(3)`` in reverse. The
+    launchers pass repaired ``cu_seqlens`` (:func:`repair_cu_seqlens`), and windows are
+    clipped to ``[0, T)`` besides.
     """
     s = segment_id(num_segments, reverse=reverse)
     if not varlen:
@@ -158,20 +159,35 @@ def segment_id(num_segments, *, reverse):
     return num_segments - 1 - s if reverse else s
 
 
-def _segment_decays(g_ref, gamma, *, chunk_row, lo, hi, chunk, has_g):
-    """Log decays of the segment's window, as in the module docstring.
+def _segment_decays(g_ref, gamma, *, chunk_row, lo, hi, chunk, has_g, has_gamma):
+    """Log decays of the segment's window, as in the module docstring, with resets cut.
 
     Returns ``(decay_ij (C, C), decay_in (C, 1), decay_tot (1, 1) or scalar,
     decay_out (C, 1))``: ``D_i - D_j``, ``D_i``, ``D_tot`` and ``D_tot - D_i`` for window
     rows (entries outside the window or above the diagonal are garbage the callers mask
     before ``exp``). ``g_ref`` is the ``(8, 128)`` gate block (with ``has_g``), ``gamma``
-    the head's constant log decay (0.0 without ``g_gamma``).
+    the head's constant log decay (with ``has_gamma``; else 0.0).
+
+    A ``-inf`` gate (or ``gamma = -inf``: every row) is a reset. The sums run over the
+    finite gates (a ``-inf`` counts 0, and ``gamma = -inf`` enters ``gamma * n`` as 0), so
+    no ``-inf - (-inf)`` is formed, and ``R_i``, the number of resets in the window up to
+    row ``i`` (exact small integers in float32), cuts every decay that crosses a reset
+    to ``-inf`` (``exp`` gives exactly 0): ``D_i - D_j`` unless ``R_i == R_j``, ``D_i``
+    unless ``R_i == 0``, ``D_tot`` unless ``R_tot == 0``, ``D_tot - D_j`` unless ``R_j ==
+    R_tot``. ``R`` rides in the gate block's next sublane row, so the one scan of the
+    ``(8, 128)`` vreg sums both.
     """
     rows = lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
     sub = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 0)  # i
     lane = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)  # j
     count = (rows - lo + 1).astype(jnp.float32)  # n_i for window rows
     length = (hi - lo).astype(jnp.float32)
+    # 1.0 where gamma = -inf (every row resets), else 0.0; gamma itself then counts 0.
+    # (Typed constants: a float64 value, from untyped ones under x64, does not lower.)
+    one, zero = np.float32(1), np.float32(0)
+    gamma_reset = jnp.where(gamma == -jnp.inf, one, zero) if has_gamma else zero
+    if has_gamma:
+        gamma = jnp.where(gamma == -jnp.inf, 0.0, gamma)
     decay_ij = gamma * (sub - lane).astype(jnp.float32)
     decay_in = gamma * count  # D_i
     decay_tot = gamma * length  # D_tot
@@ -181,22 +197,47 @@ def _segment_decays(g_ref, gamma, *, chunk_row, lo, hi, chunk, has_g):
         block_rows = lax.broadcasted_iota(jnp.int32, g_block.shape, 0)
         block_lanes = lax.broadcasted_iota(jnp.int32, g_block.shape, 1)
         selected = (block_rows == chunk_row) & (block_lanes >= lo) & (block_lanes < hi)
-        cum_hi, cum_lo = _inclusive_scan_dd(jnp.where(selected, g_block, 0.0), chunk)
-        # The other block rows are zero, so these sublane sums are exact: (1, 128) rows.
-        cum_hi = jnp.sum(cum_hi, axis=0, keepdims=True)
-        cum_lo = jnp.sum(cum_lo, axis=0, keepdims=True)
+        reset = g_block == -jnp.inf
+        resets = jnp.where(selected, jnp.maximum(jnp.where(reset, one, zero), gamma_reset), 0.0)
+        # The finite gates in row chunk_row, the reset indicator one sublane down (rows
+        # are independent in the lane scan): both prefix sums from one scan.
+        gates = jnp.where(selected & ~reset, g_block, 0.0)
+        gates = gates + pltpu.roll(resets, np.int32(1), 0)
+        cum_hi, cum_lo = _inclusive_scan_dd(gates, chunk)
+        # Selecting one block row and summing the sublanes is exact: (1, 128) rows.
+        own = block_rows == chunk_row
+        cum_hi, cum_lo, cum_r = (
+            jnp.sum(jnp.where(own, x, 0.0), axis=0, keepdims=True)
+            for x in (cum_hi, cum_lo, pltpu.roll(cum_hi, np.int32(GATE_ROWS - 1), 0))
+        )
         # The same values as (C, 1) columns, by an exact selection.
         sub_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 0)
         lane_wide = lax.broadcasted_iota(jnp.int32, (chunk, LANES), 1)
-        col_hi = jnp.sum(jnp.where(lane_wide == sub_wide, cum_hi, 0.0), axis=1, keepdims=True)
-        col_lo = jnp.sum(jnp.where(lane_wide == sub_wide, cum_lo, 0.0), axis=1, keepdims=True)
-        row_hi, row_lo = cum_hi[:, :chunk], cum_lo[:, :chunk]
+        diagonal = lane_wide == sub_wide
+        col_hi, col_lo, col_r = (
+            jnp.sum(jnp.where(diagonal, x, 0.0), axis=1, keepdims=True)
+            for x in (cum_hi, cum_lo, cum_r)
+        )
+        row_hi, row_lo, row_r = cum_hi[:, :chunk], cum_lo[:, :chunk], cum_r[:, :chunk]
         tot_hi, tot_lo = cum_hi[:, chunk - 1 : chunk], cum_lo[:, chunk - 1 : chunk]
+        tot_r = cum_r[:, chunk - 1 : chunk]
         # Differences of double-floats: accurate to about ulp(G_i - G_j), not ulp(G_i).
         decay_ij = ((col_hi - row_hi) + (col_lo - row_lo)) + decay_ij
         decay_in = (col_hi + col_lo) + decay_in
         decay_tot = (tot_hi + tot_lo) + decay_tot
         decay_out = ((tot_hi - col_hi) + (tot_lo - col_lo)) + decay_out
+    elif has_gamma:  # R_i = n_i when gamma = -inf, else 0
+        col_r = gamma_reset * count
+        lanes = lax.broadcasted_iota(jnp.int32, (1, chunk), 1)
+        row_r = gamma_reset * (lanes - lo + 1).astype(jnp.float32)
+        tot_r = gamma_reset * length
+    else:
+        return decay_ij, decay_in, decay_tot, decay_out
+    cut = -jnp.inf
+    decay_ij = jnp.where(col_r == row_r, decay_ij, cut)
+    decay_in = jnp.where(col_r == 0.0, decay_in, cut)
+    decay_tot = jnp.where(tot_r == 0.0, decay_tot, cut)
+    decay_out = jnp.where(col_r == tot_r, decay_out, cut)
     return decay_ij, decay_in, decay_tot, decay_out
 
 
@@ -267,7 +308,14 @@ def _gla_kernel(
     lane = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)  # j
     gamma = gamma_ref[pl.program_id(1)] if has_gamma else 0.0
     decay_ij, decay_in, decay_tot, decay_out = _segment_decays(
-        g_ref, gamma, chunk_row=chunk_row, lo=lo, hi=hi, chunk=chunk, has_g=has_g
+        g_ref,
+        gamma,
+        chunk_row=chunk_row,
+        lo=lo,
+        hi=hi,
+        chunk=chunk,
+        has_g=has_g,
+        has_gamma=has_gamma,
     )
     causal = (lane <= sub) & window
 
@@ -287,6 +335,23 @@ def _gla_kernel(
 
 # ---------------------------------------------------------------------------------------
 # Run-time segment tables and the launcher.
+
+
+def repair_cu_seqlens(cu_seqlens: ArrayLike, seq_len: int) -> jax.Array:
+    """The offsets the kernels run on: the jnp mirror of
+    ``tops.spec.simple_gla.repaired_cu_seqlens``, int32 ``[N + 1]``.
+
+    ``cu'[0] = 0``, ``cu'[N] = T`` and ``cu'[n] = min(T, max(0, cu[0], ..., cu[n]))``;
+    valid offsets come back unchanged. The clip happens in the input's integer dtype, so
+    int64 entries past int32 (under ``jax_enable_x64``) clip rather than wrap; a NumPy
+    array is clipped on the host first, before JAX may narrow it. Traceable; whatever the
+    entries, the segments built from the result stay inside ``[0, T)``.
+    """
+    if isinstance(cu_seqlens, np.ndarray):
+        cu_seqlens = np.clip(cu_seqlens, 0, seq_len)
+    cu = jnp.asarray(cu_seqlens)
+    cu = lax.cummax(jnp.clip(cu, 0, seq_len), axis=0)
+    return cu.at[0].set(0).at[-1].set(seq_len).astype(jnp.int32)
 
 
 def segment_tables(cu_seqlens, *, seq_len: int, chunk: int):
@@ -413,7 +478,8 @@ def forward(
       q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]`` (bf16 or f32).
       g: None or float32 ``[B, T, H]``; g_gamma: None or float32 ``[H]``.
       initial_state: None or float32 ``[N, H, K, V]``.
-      cu_seqlens: None or int32 ``[N + 1]`` (``B == 1``), possibly traced.
+      cu_seqlens: None or int32 or int64 ``[N + 1]`` (``B == 1``), possibly traced; run
+        on :func:`repair_cu_seqlens` of it (any entries are safe).
       scale: the resolved scale; chunk_size: 64 or 128.
       output_final_state: whether to return the final states.
       save_states: also return the state before every segment (for the backward).
@@ -447,6 +513,8 @@ def forward(
     )
     prefetch = ()
     if varlen:
+        # Repaired here too, so that the launcher is in bounds whatever the entries.
+        cu_seqlens = repair_cu_seqlens(cu_seqlens, seq_len)
         prefetch = (*segment_tables(cu_seqlens, seq_len=seq_len, chunk=chunk), cu_seqlens)
 
     inputs = [lane_view(q, kp), lane_view(k, kp), lane_view(v, vp)]

@@ -166,6 +166,7 @@ def _case(
     final_state: bool,
     scale: float | None = None,
     cu_seqlens: tuple[int, ...] | None = None,
+    resets: tuple[int, ...] = (),
     seed: int,
 ) -> Case:
     num_states = batch if cu_seqlens is None else len(cu_seqlens) - 1
@@ -188,6 +189,8 @@ def _case(
             inputs["scale"] = np.asarray(scale)
         if cu_seqlens is not None:
             inputs["cu_seqlens"] = np.asarray(cu_seqlens, np.int32)
+        if resets:
+            inputs["g"][:, list(resets), :] = -np.inf
         return inputs
 
     name = (
@@ -196,6 +199,7 @@ def _case(
         + ("_hT" if final_state else "")
         + ("" if scale is None else f"_scale{scale}")
         + ("" if cu_seqlens is None else "_cu" + "-".join(map(str, cu_seqlens)))
+        + ("_reset" + "-".join(map(str, resets)) if resets else "")
     )
     slow = batch * seq_len * heads > SLOW_TOKEN_HEADS
     return Case(name, make, tolerance(dtype, seq_len, chunk_size, key_dim), slow=slow)
@@ -284,7 +288,25 @@ def _cases() -> tuple[Case, ...]:
                 initial_state=False,
                 final_state=True,
             )
+    add_resets(add)
     return tuple(grid)
+
+
+def add_resets(add) -> None:
+    """Cases with ``g = -inf`` (exact resets, ``tops/spec/simple_gla.py``), registered after
+    every other case so that their seeds leave the others' inputs unchanged: at the first
+    and last token, inside chunks, on both sides of chunk boundaries, twice in a row, in
+    every sequence of a varlen batch, with and without ``g_gamma``, both dtypes and chunk
+    sizes. ``add`` takes :func:`_case`'s keyword arguments but the seed."""
+    shape = dict(batch=2, seq_len=200, heads=2, key_dim=64, value_dim=64)
+    add(dtype="float32", chunk_size=64, gate="g", initial_state=True, final_state=True,
+        resets=(0, 30, 63, 64, 100, 101, 199), **shape)  # fmt: skip
+    add(dtype="bfloat16", chunk_size=128, gate="both", initial_state=True, final_state=True,
+        resets=(0, 127, 128, 150, 199), **shape)  # fmt: skip
+    varlen = dict(batch=1, seq_len=200, heads=2, key_dim=64, value_dim=64,
+                  cu_seqlens=(0, 50, 130, 200), initial_state=True, final_state=True)  # fmt: skip
+    add(dtype="float32", chunk_size=64, gate="both", resets=(10, 50, 64, 129, 199), **varlen)
+    add(dtype="bfloat16", chunk_size=128, gate="g", resets=(0, 49, 100, 127, 128, 130), **varlen)
 
 
 def ungated_bfloat16(inputs: Arrays) -> bool:

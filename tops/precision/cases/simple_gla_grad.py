@@ -326,6 +326,7 @@ def _cases() -> tuple[Case, ...]:
         final_state=True,
         cu_seqlens=(0, 1, 70, 300),
     )
+    forward.add_resets(add)
     return tuple(grid)
 
 
