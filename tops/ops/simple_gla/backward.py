@@ -31,7 +31,9 @@ dk_s)`` is the same number as a difference of near-equal sums when decays are st
 The last term is one ``(C, C) x (C, 128)`` matmul with the 0/1 matrix ``[j < t]``
 followed by a masked column sum. The kernel writes ``da`` per token (``dg`` when ``g`` is
 given); ``d g_gamma[h]`` is its sum over all tokens of the head, a double-float tree
-sum in the wrapper (4 bytes per token and head).
+sum in the wrapper (4 bytes per token and head). With the decays cut at resets
+(``kernel._segment_decays``) the four terms stay exact for every token, and at a ``-inf``
+gate each term crosses the reset, so ``da`` is exactly 0 there (the reset's ``exp(a_t)``).
 
 Precision: as the forward, q, k, v, do upcast to float32 (exact), every matmul float32 x
 float32 at ``HIGHEST`` with float32 accumulation, every exponent a mask discards zeroed

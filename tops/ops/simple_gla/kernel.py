@@ -30,7 +30,10 @@ lo_j)) + gamma * (i - j)``, so an exponent is accurate to about ulp(D_i - D_j) r
 than ulp(D_i): a float32 cumulative sum would put errors of |D| 2**-24 on the weights of
 the nearby tokens that dominate each output. Every exponent is masked before ``exp``
 (``exp(where(mask, x, 0))``), so exponents a mask discards (for ALiBi decays at chunk
-128 they exceed the float32 range) never reach ``exp``.
+128 they exceed the float32 range) never reach ``exp``. A ``-inf`` gate (an exact
+reset) is summed as 0 and counted instead; every decay that crosses a reset is set to
+``-inf`` (``exp`` gives exactly 0), so ``-inf - (-inf)`` never forms
+(:func:`_segment_decays`).
 
 Layout: the wrapper views ``q, k [B, T, H, K]`` as ``[B, T, H * Kp]`` (a free reshape
 when ``K`` is a multiple of 128, otherwise one zero-padding copy to ``Kp``; zero columns
