@@ -280,7 +280,7 @@ def test_empty_batch():
         (dict(dht=np.zeros((2, 3, 2), np.float32)), "dht must have rank 4"),
         (dict(chunk_size=32), "chunk_size"),
         (dict(g=np.zeros((1, 4, 2), np.float64)), "g must have dtype"),
-        (dict(cu_seqlens=np.asarray([0, 3], np.int32)), "cu_seqlens must start at 0"),
+        (dict(cu_seqlens=np.asarray([0, 3], np.int32)), "cu_seqlens must end at T"),
         (dict(initial_state=np.zeros((2, 2, 3, 2), np.float32)), "initial_state must have"),
     ],
 )
