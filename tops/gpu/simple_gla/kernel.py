@@ -156,9 +156,10 @@ def _chunk_gates(
         reset = valid & (g == float("-inf"))
         G = tl.cumsum(tl.where(reset, 0.0, g), axis=0)
     if USE_GAMMA:
-        gamma_reset = valid & (tl.full([BT], gamma, tl.float32) == float("-inf"))
+        # Rows past the end too count 0 for a -inf gamma: G stays finite on every row.
+        gamma_reset = tl.full([BT], gamma, tl.float32) == float("-inf")
         G = G + tl.where(gamma_reset, 0.0, gamma) * (rows + 1).to(tl.float32)
-        reset = reset | gamma_reset
+        reset = reset | (valid & gamma_reset)
     R = tl.cumsum(reset.to(tl.int32), axis=0)
     last = tl.minimum(BT, seq_len - row0) - 1
     G_last = tl.sum(tl.where(rows == last, G, 0.0), axis=0)
