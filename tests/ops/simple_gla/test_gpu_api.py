@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tops import backends
-from tops.gpu.simple_gla import chunk_simple_gla
+from tops.gpu.simple_gla import chunk_simple_gla, kernel
 from tops.spec import simple_gla as spec
 from tops.spec.simple_gla import FIRST_DERIVATIVES_ONLY, HeadFirstWarning
 
@@ -138,3 +138,40 @@ def test_gpu_bool_flags():
     _, state = chunk_simple_gla(**tensors, output_final_state=np.bool_(True))
     _, expected = chunk_simple_gla(**tensors, output_final_state=True)
     assert torch.equal(state, expected)
+
+
+MALFORMED_CU_SEQLENS = {
+    "start": ([1, 3, 10], r"start at 0 \(cu_seqlens\[0\] = 1\)"),
+    "decrease": ([0, 6, 3, 10], r"never decrease \(cu_seqlens\[1\] = 6 > cu_seqlens\[2\] = 3\)"),
+    "end": ([0, 3, 11], r"end at T = 10 \(cu_seqlens\[-1\] = 11\)"),
+    "negative": ([0, -2, 10], r"never decrease"),
+    "int64": ([0, 2**32 + 3, 10], r"never decrease .* = 4294967299 >"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=["gpu_int32", "gpu_int64"])
+def test_gpu_malformed_cu_seqlens(dtype, monkeypatch):
+    """CPU tensors that do not start at 0, decrease or do not end at T: ValueError naming
+    ``cu_seqlens`` and the broken invariant, before any kernel is launched. (Device
+    offsets, which the wrapper does not read, reach the launchers unchecked: their twin
+    of ``test_tpu_device_cu_seqlens`` is ``test_gpu_robustness.py``, on the launchers.)"""
+    tensors = {**_tensors(), "initial_state": None}
+    monkeypatch.setattr(kernel, "forward", None)  # a kernel launch would fail differently
+    for cu, match in MALFORMED_CU_SEQLENS.values():
+        if dtype == torch.int32 and max(cu) >= 2**31:
+            continue
+        with pytest.raises(ValueError, match=rf"^cu_seqlens must {match}"):
+            chunk_simple_gla(**tensors, cu_seqlens=torch.tensor(cu, dtype=dtype))
+
+
+def test_gpu_checked_cu_seqlens(monkeypatch):
+    """With ``TOPS_CHECK_CU_SEQLENS=1`` (which syncs CUDA offsets): malformed offsets raise
+    the same ValueError; valid ones give the unchecked result."""
+    tensors = {**_tensors(), "initial_state": None}
+    valid = torch.tensor([0, 3, 10], dtype=torch.int32)
+    expected = chunk_simple_gla(**tensors, cu_seqlens=valid)[0]
+    monkeypatch.setenv(spec.CHECK_CU_SEQLENS_VARIABLE, "1")
+    for cu, match in MALFORMED_CU_SEQLENS.values():
+        with pytest.raises(ValueError, match=rf"^cu_seqlens must {match}"):
+            chunk_simple_gla(**tensors, cu_seqlens=torch.tensor(cu, dtype=torch.int64))
+    assert torch.equal(chunk_simple_gla(**tensors, cu_seqlens=valid)[0], expected)
