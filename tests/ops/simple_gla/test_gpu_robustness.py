@@ -32,20 +32,17 @@ HEADS, DIM, CHUNK = 2, 16, 64
 SCALE = DIM**-0.5
 
 
-def _problem(seed, *, batch, seq_len, num_states, gamma=(-0.05, -0.2)):
-    """Float32 inputs named like the registry's (both gates, an initial state, the
-    cotangents ``do`` and ``dht``)."""
+def _problem(seed, *, batch, seq_len, num_states):
+    """Float32 inputs of the precision cases' distribution (``random_arrays``: both gates,
+    an initial state) and the cotangents ``do`` and ``dht``, named like the registry's."""
     rng = np.random.default_rng(seed)
-    return {
-        "q": rng.standard_normal((batch, seq_len, HEADS, DIM)).astype(np.float32),
-        "k": rng.standard_normal((batch, seq_len, HEADS, DIM)).astype(np.float32),
-        "v": rng.standard_normal((batch, seq_len, HEADS, DIM)).astype(np.float32),
-        "g": (-0.3 * np.abs(rng.standard_normal((batch, seq_len, HEADS)))).astype(np.float32),
-        "g_gamma": np.asarray(gamma, np.float32),
-        "initial_state": rng.standard_normal((num_states, HEADS, DIM, DIM)).astype(np.float32),
-        "do": rng.standard_normal((batch, seq_len, HEADS, DIM)).astype(np.float32),
-        "dht": rng.standard_normal((num_states, HEADS, DIM, DIM)).astype(np.float32),
-    }
+    arrays = forward_cases.random_arrays(
+        rng, batch=batch, seq_len=seq_len, heads=HEADS, key_dim=DIM, value_dim=DIM,
+        dtype="float32", gate="both", num_states=num_states,
+    )  # fmt: skip
+    arrays["do"] = rng.standard_normal((batch, seq_len, HEADS, DIM)).astype(np.float32)
+    arrays["dht"] = rng.standard_normal((num_states, HEADS, DIM, DIM)).astype(np.float32)
+    return arrays
 
 
 def _launch(arrays, cu_seqlens):
@@ -199,7 +196,8 @@ def test_gpu_g_gamma_minus_inf():
     """``g_gamma[0] = -inf`` resets every token of head 0, with and without ``g`` (head 1
     keeps finite decays and resets of its own): the reference's result, ``d g_gamma[0]``
     and head 0's ``dg`` exactly 0, ``dg`` exactly 0 at every ``-inf`` gate."""
-    arrays = _problem(7, batch=1, seq_len=LONG, num_states=2, gamma=(-np.inf, -0.1))
+    arrays = _problem(7, batch=1, seq_len=LONG, num_states=2)
+    arrays["g_gamma"] = np.asarray([-np.inf, -0.1], np.float32)
     arrays["g"][0, [10, 64, 170], 1] = -np.inf
     got = _launch(arrays, torch.from_numpy(VARLEN))
     _check(got, _reference(arrays, VARLEN), LONG)
