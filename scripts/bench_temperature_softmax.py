@@ -20,8 +20,8 @@ import torch
 from benchlib import device_name, time_ms
 
 from tops import backends, gpu
-from tops.gpu.temperature_softmax import kernel as gpu_kernel
-from tops.ops.temperature_softmax import kernel as tpu_kernel
+from tops.gpu.softmax import kernel as gpu_kernel
+from tops.ops.softmax import kernel as tpu_kernel
 
 DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
 

@@ -21,7 +21,7 @@ import torch
 from benchlib import device_name, print_table, time_ms
 
 from tops import backends, gpu
-from tops.ops.topk import kernel as tpu_kernel
+from tops.ops.selection import kernel as tpu_kernel
 
 
 def gpu_rows(batches, vocabs, ks, repeats: int):

@@ -37,9 +37,9 @@ from jax.experimental import pallas as pl
 
 from tops.compile_only import compile_for_tpu
 from tops.ops.sampling import sample
+from tops.ops.selection import topk
 from tops.ops.simple_gla import chunk_simple_gla
-from tops.ops.temperature_softmax import temperature_softmax
-from tops.ops.topk import topk
+from tops.ops.softmax import temperature_softmax
 
 COPY_COLUMNS = 8192
 # Ops whose kernels loop over data-dependent trip counts or branches: the estimate is

@@ -30,8 +30,8 @@ import time
 
 # Modules whose ``compile_configs()`` list every shipped Triton kernel configuration.
 GPU_KERNEL_MODULES = (
-    "tops.gpu.temperature_softmax.kernel",
-    "tops.gpu.topk.kernel",
+    "tops.gpu.softmax.kernel",
+    "tops.gpu.selection.kernel",
     "tops.gpu.simple_gla.kernel",
     "tops.gpu.simple_gla.backward",
     "tops.gpu.sampling.kernel",
@@ -65,8 +65,8 @@ UNSUPPORTED_TPU_CHIPS = {"v4": TpuChip("v4", "v4:2x2x1", 16 * 2**20)}
 # Modules whose ``tpu_configs()`` / ``tpu_production_configs()`` list every shipped
 # Pallas configuration as ``(name, fn, shape_structs)``.
 TPU_KERNEL_MODULES = (
-    "tops.ops.temperature_softmax.kernel",
-    "tops.ops.topk.kernel",
+    "tops.ops.softmax.kernel",
+    "tops.ops.selection.kernel",
     "tops.ops.sampling.kernel",
     "tops.ops.simple_gla.kernel",
 )

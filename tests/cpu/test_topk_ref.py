@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tops.cpu.topk import topk
+from tops.cpu.selection import topk
 from tops.precision.registry import op
 
 

@@ -96,8 +96,8 @@ from jax.experimental.pallas import tpu as pltpu
 from tops.backends import pallas_interpret, tpu_mode
 from tops.ops.sampling import integer_weights, sample
 from tops.ops.simple_gla import chunk_simple_gla
-from tops.ops.temperature_softmax import kernel as softmax_kernel
-from tops.ops.temperature_softmax import temperature_softmax
+from tops.ops.softmax import kernel as softmax_kernel
+from tops.ops.softmax import temperature_softmax
 
 pytestmark = pytest.mark.skipif(
     tpu_mode() != "tpu-interpret", reason="the checked interpreter needs tpu-interpret mode"

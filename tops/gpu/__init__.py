@@ -11,11 +11,11 @@ require_gpu()  # an ImportError that names ``pip install 'tops[gpu]'``, not torc
 configure_triton()
 
 from tops.gpu.sampling import sample  # noqa: E402
+from tops.gpu.selection import topk  # noqa: E402
 from tops.gpu.simple_gla import chunk_simple_gla  # noqa: E402
-from tops.gpu.temperature_softmax import (  # noqa: E402
+from tops.gpu.softmax import (  # noqa: E402
     temperature_softmax,
     temperature_softmax_,
 )
-from tops.gpu.topk import topk  # noqa: E402
 
 __all__ = ["chunk_simple_gla", "sample", "temperature_softmax", "temperature_softmax_", "topk"]

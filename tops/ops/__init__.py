@@ -1,8 +1,8 @@
 """Pallas TPU kernels with JAX APIs (Mosaic on TPU, Pallas TPU interpret mode elsewhere)."""
 
 from tops.ops.sampling import sample
+from tops.ops.selection import topk
 from tops.ops.simple_gla import chunk_simple_gla
-from tops.ops.temperature_softmax import temperature_softmax
-from tops.ops.topk import topk
+from tops.ops.softmax import temperature_softmax
 
 __all__ = ["chunk_simple_gla", "sample", "temperature_softmax", "topk"]

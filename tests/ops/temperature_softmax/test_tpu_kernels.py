@@ -10,7 +10,7 @@ import pytest
 
 from tops import cpu, ops
 from tops.backends import pallas_interpret
-from tops.ops.temperature_softmax import kernel
+from tops.ops.softmax import kernel
 from tops.precision import runner
 from tops.precision.metrics import compare
 from tops.precision.testing import case_params

@@ -11,7 +11,7 @@ import torch
 
 import tops.gpu  # noqa: F401  (configures the Triton interpreter before the kernels load)
 from tops import backends, cpu
-from tops.gpu.topk import topk
+from tops.gpu.selection import topk
 from tops.spec.topk import MAX_VOCAB
 
 X_NUMPY = np.random.default_rng(0).standard_normal((5, 300)).astype(np.float32)

@@ -11,8 +11,8 @@ import torch
 
 import tops.gpu  # noqa: F401  (configures the Triton interpreter before the kernels load)
 from tops import backends
-from tops.cpu.topk import topk as reference_topk
-from tops.gpu.topk import topk
+from tops.cpu.selection import topk as reference_topk
+from tops.gpu.selection import topk
 from tops.spec.topk import FILL_INDEX
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

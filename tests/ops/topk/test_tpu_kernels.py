@@ -15,7 +15,7 @@ import pytest
 from tops import cpu
 from tops.backends import pallas_interpret
 from tops.compile_only import lower_for_tpu
-from tops.ops.topk import kernel, topk
+from tops.ops.selection import kernel, topk
 
 inf, nan = np.inf, np.nan
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}

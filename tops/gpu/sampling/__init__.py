@@ -10,7 +10,7 @@ import torch
 
 from tops.backends import torch_device
 from tops.gpu.sampling import kernel
-from tops.gpu.topk import topk
+from tops.gpu.selection import topk
 from tops.spec.common import require_bool
 from tops.spec.sampling import validate, validate_weights
 

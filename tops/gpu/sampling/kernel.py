@@ -12,7 +12,7 @@ result does not depend on the hardware's denormal mode.
 Shared ``@triton.jit`` helpers: :func:`quantize` (the step-3 integer weight),
 :func:`log2_scale` (the Newton reciprocal times ``LOG2E``), :func:`min_p_threshold`,
 :func:`top_p_p16`, :func:`threefry2x32` and :func:`draw` (the rejection-sampled uniform
-integer). Order keys and entries are those of ``tops.gpu.topk.kernel``
+integer). Order keys and entries are those of ``tops.gpu.selection.kernel``
 (``order_key`` of ``tops.gpu.exact.upcast``, through :func:`_load_row`).
 
 Kernels (each with its grid and block shapes in its docstring):
@@ -45,7 +45,7 @@ from triton.language.standard import _elementwise_max, _elementwise_min, _sum_co
 
 from tops.backends import triton_interprets
 from tops.gpu.exact import upcast
-from tops.gpu.topk.kernel import (
+from tops.gpu.selection.kernel import (
     INT32_MAX,
     NAN_KEY,
     PAD_ENTRY,
@@ -98,7 +98,7 @@ _MASK32 = tl.constexpr(0xFFFFFFFF)
 _ATTEMPTS = tl.constexpr(MAX_ATTEMPTS)
 _NAN_KEY = tl.constexpr(NAN_KEY)
 _INT32_MAX = tl.constexpr(INT32_MAX)
-# Order keys of -inf and +inf (tops.gpu.topk.kernel: negative bits b map to b ^ INT32_MAX).
+# Order keys of -inf and +inf (tops.gpu.selection.kernel: negative bits b map to b ^ INT32_MAX).
 NEG_INF_KEY = int(np.int32(np.uint32(0xFF800000).view(np.int32) ^ np.int32(INT32_MAX)))
 POS_INF_KEY = 0x7F800000
 _NEG_INF_KEY = tl.constexpr(NEG_INF_KEY)
@@ -289,7 +289,7 @@ def draw(seed, step, total):
 @triton.jit
 def _load_row(row_ptr, column, V):
     """``(raw, key)`` of ``row_ptr[column]``: the raw elements (0 past ``V``) and their
-    order keys (``tops.gpu.topk.kernel.order_key`` of the exact upcast)."""
+    order keys (``tops.gpu.selection.kernel.order_key`` of the exact upcast)."""
     valid = column < V
     raw = tl.load(row_ptr + column, mask=valid, other=0.0)
     return raw, order_key(upcast(raw), valid)

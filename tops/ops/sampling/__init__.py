@@ -28,8 +28,8 @@ from jax import lax
 
 from tops.backends import pallas_interpret
 from tops.ops.sampling import bounded, full, kernel
-from tops.ops.topk import topk
-from tops.ops.topk.kernel import sortable_key
+from tops.ops.selection import topk
+from tops.ops.selection.kernel import sortable_key
 from tops.spec.common import require_bool
 from tops.spec.sampling import validate, validate_weights
 

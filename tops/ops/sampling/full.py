@@ -9,7 +9,7 @@ is sorted and no step depends on float order:
 
 1. top-k (rows with ``k < V``): the k-th largest key ``t*`` in the top-k order, the
    largest int32 ``t`` with ``count(key >= t) >= k`` (32 steps over the unsigned-offset
-   bits of the key of ``tops.ops.topk.kernel.sortable_key``), then the index cutoff
+   bits of the key of ``tops.ops.selection.kernel.sortable_key``), then the index cutoff
    ``c`` among the ties, the smallest ``c`` with ``count(key == t*, index <= c) >= k -
    count(key > t*)`` (``ceil(log2 Vp)`` steps). Kept: ``key > t*`` or ``key == t*`` and
    ``index <= c``: exactly the first ``k`` entries of the ``(key, -index)`` order.
@@ -77,7 +77,7 @@ from tops.ops.sampling.kernel import (
     top_p_bound,
     top_p_parameters,
 )
-from tops.ops.topk.kernel import EMPTY_KEY
+from tops.ops.selection.kernel import EMPTY_KEY
 
 # Lanes of the per-row output block.
 R_TOKEN, R_DRAWN_HI, R_DRAWN_LO, R_KTH_KEY, R_CUTOFF, R_LEVEL = range(6)

@@ -55,7 +55,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from tops.ops.half import kernel_operand, to_float32
-from tops.ops.topk.kernel import EMPTY_KEY, sortable_key
+from tops.ops.selection.kernel import EMPTY_KEY, sortable_key
 from tops.spec.sampling import (
     EXP_COEFFICIENTS,
     LN2,

@@ -471,7 +471,7 @@ def tpu_configs() -> list[tuple[str, object, tuple]]:
     over ``V = 1000`` (one pass at the full depth); ``V = 1``; the widest fast-path row;
     per-row ``k``. ``B = 13`` leaves a partial row block. The XLA sort path
     (``k > FAST_PATH_MAX_K`` or wider rows) has no Pallas kernel and is not listed."""
-    from tops.ops.topk import topk
+    from tops.ops.selection import topk
 
     def fixed(k):
         return lambda x: topk(x, k)
@@ -495,7 +495,7 @@ def tpu_configs() -> list[tuple[str, object, tuple]]:
 def tpu_production_configs() -> list[tuple[str, object, tuple]]:
     """The production shapes: ``B`` in {1, 32, 256} x ``V`` in {128256, 151936, 201088,
     262144}, bf16 and f32, ``k = 64`` and the deepest ``k = 256``."""
-    from tops.ops.topk import topk
+    from tops.ops.selection import topk
 
     configs = []
     for batch in (1, 32, 256):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from tops.backends import torch_device
-from tops.gpu.temperature_softmax import kernel
+from tops.gpu.softmax import kernel
 from tops.spec.common import python_number, require_array
 from tops.spec.temperature_softmax import validate
 
@@ -82,8 +82,8 @@ def temperature_softmax_(logits: torch.Tensor, temperature: float | torch.Tensor
 
 
 class _TemperatureSoftmax(torch.autograd.Function):
-    """Forward by :func:`tops.gpu.temperature_softmax.kernel.launch`, saving the
-    probabilities; backward by :func:`~tops.gpu.temperature_softmax.kernel.launch_grad`,
+    """Forward by :func:`tops.gpu.softmax.kernel.launch`, saving the
+    probabilities; backward by :func:`~tops.gpu.softmax.kernel.launch_grad`,
     the logits' gradient in their dtype (none for the temperature)."""
 
     @staticmethod

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tops.backends import pallas_interpret
-from tops.ops.topk import kernel
+from tops.ops.selection import kernel
 from tops.spec.topk import FILL_INDEX, validate
 
 
@@ -32,7 +32,7 @@ def topk(
       ``jax.lax.top_k``. With per-row ``k``, row ``b`` keeps its first
       ``clip(k[b], 0, max_k)`` entries and the rest hold ``-inf`` and ``FILL_INDEX``.
       ``k <= 256`` over rows up to ``2**19`` columns runs the binned Pallas kernel
-      (``tops.ops.topk.kernel``); wider ``k`` or rows run an XLA sort on the same keys.
+      (``tops.ops.selection.kernel``); wider ``k`` or rows run an XLA sort on the same keys.
       The same results with ``jax_enable_x64`` on: the kernels are traced with it off.
     """
     width, per_row = validate(x, k, max_k, api="tops.ops")

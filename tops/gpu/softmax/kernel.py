@@ -324,7 +324,7 @@ def _block_sums(p, g, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
 @triton.jit
 def _row_mean(pg_hi, pg_lo, p_hi, p_lo):
     """``s = sum(p * g) / sum(p)`` as a double-float ``(s_hi, s_lo)`` (why ``sum(p)``:
-    ``tops.ops.temperature_softmax.kernel._row_mean``); ``s = 0`` where ``sum(p) = 0``."""
+    ``tops.ops.softmax.kernel._row_mean``); ``s = 0`` where ``sum(p) = 0``."""
     total = tl.where(p_hi > 0.0, p_hi, 1.0)
     inv = tl.math.div_rn(tl.full((), 1.0, tl.float32), total)
     q = pg_hi * inv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tops.backends import torch_device
-from tops.gpu.topk import kernel
+from tops.gpu.selection import kernel
 from tops.spec.topk import validate
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tops.backends import pallas_interpret
-from tops.ops.temperature_softmax import kernel
+from tops.ops.softmax import kernel
 from tops.spec.common import python_number, require_array
 from tops.spec.temperature_softmax import validate
 

@@ -27,7 +27,7 @@ Backward (``dx = p * (g - s) / T``, ``s = sum(p * g) / sum(p)``, from the saved 
 probabilities and their cotangent, 8-row blocks): the same two variants at the same
 threshold; the row sums are per-lane double-float sums of exact products (TwoProduct)
 combined by the same butterfly, so ``s`` is exact to about 2**-44 and the kernel does the
-arithmetic of the Triton backward (``tops.gpu.temperature_softmax.kernel``).
+arithmetic of the Triton backward (``tops.gpu.softmax.kernel``).
 """
 
 from __future__ import annotations
@@ -609,7 +609,7 @@ def tpu_production_configs() -> list[tuple[str, object, tuple]]:
 
 
 def _config(batch, vocab, dtype, *, per_row):
-    from tops.ops.temperature_softmax import temperature_softmax
+    from tops.ops.softmax import temperature_softmax
 
     path = "single" if row_width(vocab) <= SINGLE_PASS_MAX_V else "two_pass"
     temperature = "per_row" if per_row else "scalar"
@@ -622,7 +622,7 @@ def _config(batch, vocab, dtype, *, per_row):
 
 def _grad_config(batch, vocab, dtype):
     """The forward and its custom VJP (``jax.vjp`` of the public wrapper)."""
-    from tops.ops.temperature_softmax import temperature_softmax
+    from tops.ops.softmax import temperature_softmax
 
     def grad(logits, temperature, cotangent):
         _, vjp = jax.vjp(lambda x: temperature_softmax(x, temperature), logits)
