@@ -26,7 +26,7 @@ from benchlib import device_name, print_table, time_ms
 
 from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
 from tops.gpu.simple_gla import chunk_simple_gla
-from tops.ops.simple_gla import kernel as tpu_kernel
+from tops.ops.simple_gla import common as tpu_common
 
 GPU_SHAPES = ((1, 8192, 16, 128), (4, 4096, 32, 128), (8, 2048, 32, 256))
 CPU_SHAPES = ((1, 256, 2, 64), (1, 200, 2, 100))
@@ -137,8 +137,8 @@ def pallas_bytes(batch, seq_len, heads, key_dim, value_dim, itemsize, chunk) -> 
     wrapper pads q, k, v when K or V is not a multiple of 128 (one read and one write
     each) and transposes the gates into 128-lane rows of one chunk each."""
     tokens = batch * seq_len * heads
-    kp, vp = tpu_kernel.padded(key_dim), tpu_kernel.padded(value_dim)
-    value_tiles = vp // tpu_kernel.value_block(vp)
+    kp, vp = tpu_common.padded(key_dim), tpu_common.padded(value_dim)
+    value_tiles = vp // tpu_common.value_block(vp)
     kernel = tokens * (2 * kp * value_tiles + 2 * vp) * itemsize
     padding = 0
     if kp != key_dim:
@@ -146,8 +146,8 @@ def pallas_bytes(batch, seq_len, heads, key_dim, value_dim, itemsize, chunk) -> 
     if vp != value_dim:
         padding += tokens * (value_dim + vp) * itemsize
     gate_rows = -(-seq_len // chunk)
-    gate_rows = -(-gate_rows // tpu_kernel.GATE_ROWS) * tpu_kernel.GATE_ROWS
-    transposed = batch * heads * gate_rows * tpu_kernel.LANES * 4
+    gate_rows = -(-gate_rows // tpu_common.GATE_ROWS) * tpu_common.GATE_ROWS
+    transposed = batch * heads * gate_rows * tpu_common.LANES * 4
     gates = tokens * 4 + 2 * transposed  # read g, write and read the transposed copy
     return kernel + padding + gates
 
@@ -165,9 +165,9 @@ def pallas_backward_bytes_per_token(key_dim, value_dim, itemsize, chunk) -> dict
     * ``recomputed``: what a states-only forward in the backward would move instead
       (read k, v, g; write the same states).
     """
-    kp, vp = tpu_kernel.padded(key_dim), tpu_kernel.padded(value_dim)
-    tiles = vp // tpu_kernel.value_block(vp)
-    gate = 4 * tpu_kernel.LANES / chunk
+    kp, vp = tpu_common.padded(key_dim), tpu_common.padded(value_dim)
+    tiles = vp // tpu_common.value_block(vp)
+    gate = 4 * tpu_common.LANES / chunk
     state = kp * vp * 4 / chunk
     key_grads = 2 * kp * (itemsize if tiles == 1 else 4 * tiles)
     reads = 2 * kp * itemsize * tiles + 2 * vp * itemsize + state + gate * tiles

@@ -34,7 +34,7 @@ def min_bytes(batch: int, vocab: int, dtype: torch.dtype) -> int:
 def tpu_bytes(batch: int, vocab: int, itemsize: int) -> tuple[str, int]:
     """The Pallas path chosen for ``V`` and the HBM bytes it moves."""
     width = -(-vocab // tpu_kernel.LANES) * tpu_kernel.LANES
-    if width <= tpu_kernel.SINGLE_PASS_MAX_V:
+    if width <= tpu_kernel.BLOCKS.single_pass_max_v:
         return "single pass", batch * vocab * (itemsize + 4)
     stats = 5 * batch * tpu_kernel.LANES * 4 * 2  # written once, read once
     return "two pass", batch * vocab * (2 * itemsize + 4) + stats
@@ -90,7 +90,7 @@ def _sweep_row(vocab: int, batch: int, repeats: int) -> tuple:
 
 
 def run_sweep(vocabs, batch: int, repeats: int) -> None:
-    """Single- against multi-pass Triton kernel by V, to place SINGLE_PASS_MAX_V."""
+    """Single- against multi-pass Triton kernel by V, to place BLOCKS.single_pass_max_v."""
     print(f"# single- vs multi-pass, B={batch}, bf16, {device_name()}")
     print(" | ".join(f"{h:>12}" for h in ("V", "single ms", "multi ms")))
     for vocab in vocabs:

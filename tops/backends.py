@@ -164,7 +164,7 @@ def _reload_compiled_triton_library() -> None:
         return
     from triton.runtime.interpreter import InterpretedFunction
 
-    if isinstance(standard._sum_combine, InterpretedFunction):
+    if isinstance(standard.sum, InterpretedFunction):
         return
     for name in ("triton.language.standard", "triton.language.random", "triton.language"):
         if name in sys.modules:

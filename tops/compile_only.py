@@ -6,6 +6,9 @@
   limits), exactly what that TPU would run.
   :func:`compile_tpu_kernels_in_subprocess` runs it over a module's shipped configurations
   in a fresh process (``python -m tops.compile_only --tpu``).
+* Every kernel module declares what it ships in one way: ``shipped_configs()`` returns a
+  list of :class:`PallasConfig` (TPU; ``production_configs()`` adds the production shapes)
+  or :class:`TritonConfig` (GPU), one per compiled variant.
 * :func:`lower_for_tpu`: ``jax.export`` for ``platforms=("tpu",)`` stops at the
   Pallas-to-Mosaic lowering; it is kept for what has no kernel to compile.
 * :func:`compile_for_hopper`: ``triton.compile`` of one kernel configuration for
@@ -27,8 +30,56 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
-# Modules whose ``compile_configs()`` list every shipped Triton kernel configuration.
+
+@dataclasses.dataclass(frozen=True)
+class PallasConfig:
+    """One shipped Pallas configuration: ``jax.jit(fn)`` on arguments of ``shapes``
+    (``jax.ShapeDtypeStruct``), through the public wrapper so that the compiled program
+    is the one users run."""
+
+    name: str
+    fn: Callable[..., Any]
+    shapes: tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonConfig:
+    """One shipped Triton kernel configuration: the ``@triton.jit`` kernel, its
+    signature (argument name to Triton type: ``"*fp32"``, ``"i32"``, ``"constexpr"``),
+    the values of its constexprs (``None`` for a pointer left out), and the launch
+    ``options`` (``num_warps``, and any other such as ``enable_fp_fusion``)."""
+
+    name: str
+    kernel: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+    options: dict[str, Any]
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        kernel: Any,
+        *,
+        pointers: dict[str, str],
+        integers: tuple[str, ...] = (),
+        constexprs: dict[str, Any],
+        **options: Any,
+    ) -> TritonConfig:
+        """A configuration whose signature is ``pointers`` (name to ``"*dtype"``), then
+        ``integers`` (``i32``), then ``constexprs``: the order of the kernel's arguments."""
+        signature = {
+            **pointers,
+            **dict.fromkeys(integers, "i32"),
+            **dict.fromkeys(constexprs, "constexpr"),
+        }
+        return cls(name, kernel, signature, dict(constexprs), dict(options))
+
+
+# Modules whose ``shipped_configs()`` list every shipped Triton kernel configuration.
 GPU_KERNEL_MODULES = (
     "tops.gpu.softmax.kernel",
     "tops.gpu.selection.kernel",
@@ -62,8 +113,8 @@ TPU_CHIPS = {
 # 8-16 rows in VMEM (16-40 MiB at the production vocabularies), over v4's 16 MiB. libtpu
 # 0.0.42.1 cannot target v7x ("Invalid TPU external name").
 UNSUPPORTED_TPU_CHIPS = {"v4": TpuChip("v4", "v4:2x2x1", 16 * 2**20)}
-# Modules whose ``tpu_configs()`` / ``tpu_production_configs()`` list every shipped
-# Pallas configuration as ``(name, fn, shape_structs)``.
+# Modules whose ``shipped_configs()`` / ``production_configs()`` list every shipped
+# Pallas configuration.
 TPU_KERNEL_MODULES = (
     "tops.ops.softmax.kernel",
     "tops.ops.selection.kernel",
@@ -199,13 +250,13 @@ def _import(module: str):
 
 def _compile_tpu_configs(module_name: str, chips, production: bool) -> list[dict]:
     module = _import(module_name)
-    configs = module.tpu_production_configs() if production else module.tpu_configs()
+    configs = module.production_configs() if production else module.shipped_configs()
     results = []
     for chip in chips:
-        for name, fn, shapes in configs:
-            result = {"module": module_name, "name": name, "chip": chip}
+        for config in configs:
+            result = {"module": module_name, "name": config.name, "chip": chip}
             try:
-                result.update(compile_for_tpu(fn, *shapes, chip=chip), ok=True)
+                result.update(compile_for_tpu(config.fn, *config.shapes, chip=chip), ok=True)
             except Exception as error:  # reported per configuration, not raised
                 result.update(ok=False, error=_first_lines(error))
             results.append(result)
@@ -216,7 +267,7 @@ def compile_tpu_kernels_in_subprocess(
     module_name: str, chips=tuple(TPU_CHIPS), *, production: bool = False
 ) -> list[dict]:
     """Compile every configuration of ``module_name``'s (a module name or a ``.py`` path)
-    ``tpu_configs()`` (or ``tpu_production_configs()``) for each chip in a fresh process
+    ``shipped_configs()`` (or ``production_configs()``) for each chip in a fresh process
     under ``TPU_COMPILE_ENV``; one ``{"module", "name", "chip", "ok", "seconds", "kernels" |
     "error"}`` per configuration and chip, ``error`` the compiler's first lines."""
     arguments = ["--tpu", module_name, *chips, *(["--production"] if production else [])]
@@ -233,23 +284,15 @@ def _run_compiler_process(arguments: list[str], env: dict[str, str]) -> list[dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compile_for_hopper(config: dict) -> dict[str, int]:
-    """Compile one configuration (``kernel``, ``signature``, ``constexprs``, and
-    ``num_warps`` or the full launch ``options`` such as ``enable_fp_fusion``) for sm_90;
-    returns the PTX and cubin sizes and the shared memory per block in bytes, and the
-    number of fused multiply-adds in the PTX."""
+def compile_for_hopper(config: TritonConfig) -> dict[str, int]:
+    """Compile one configuration for sm_90; returns the PTX and cubin sizes and the shared
+    memory per block in bytes, and the number of fused multiply-adds in the PTX."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(
-        fn=config["kernel"], signature=config["signature"], constexprs=config["constexprs"]
-    )
-    compiled = triton.compile(
-        source,
-        target=GPUTarget("cuda", 90, 32),
-        options=config.get("options", {"num_warps": config["num_warps"]}),
-    )
+    source = ASTSource(fn=config.kernel, signature=config.signature, constexprs=config.constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=config.options)
     return {
         "ptx_bytes": len(compiled.asm["ptx"]),
         "cubin_bytes": len(compiled.asm["cubin"]),
@@ -261,8 +304,8 @@ def compile_for_hopper(config: dict) -> dict[str, int]:
 def _compile_all(module_names) -> list[dict]:
     results = []
     for module_name in module_names:
-        for config in importlib.import_module(module_name).compile_configs():
-            result = {"module": module_name, "name": config["name"]}
+        for config in importlib.import_module(module_name).shipped_configs():
+            result = {"module": module_name, "name": config.name}
             try:
                 result.update(compile_for_hopper(config), ok=True)
             except Exception as error:  # reported per configuration, not raised

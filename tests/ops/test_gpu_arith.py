@@ -1,7 +1,8 @@
-"""The Triton kernels' shared arithmetic (:mod:`tops.gpu.arith`): tensor-core operand
-rounding, the interpreted dot's summation order, the interpreted exp/exp2 and the fixed
-torch reduction. Interpreted, these pin the host-independent emulation; on a GPU they
-check the claims it emulates."""
+"""The Triton kernels' shared arithmetic (:mod:`tops.gpu.arith`, :mod:`tops.gpu.reduce`):
+tensor-core operand rounding, the interpreted dot's summation order, the interpreted
+exp/exp2, the fixed torch reduction and the combine functions of ``tl.reduce``.
+Interpreted, these pin the host-independent emulation; on a GPU they check the claims it
+emulates."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
-from tops.gpu import arith
+from tops.gpu import arith, reduce
 
 INTERPRETED = backends.gpu_mode() == "gpu-interpret"
 LOG2E_F32 = np.float32(np.log2(np.e))
@@ -135,3 +136,36 @@ def test_gpu_pairwise_sum_is_a_fixed_tree():
     values = torch.randn(1001, 3, generator=torch.Generator().manual_seed(0))
     expected = values.double().sum(0)
     assert torch.allclose(arith.pairwise_sum(values).double(), expected, rtol=1e-5)
+
+
+def _reduce_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def reduce_kernel(x_ptr, totals_ptr, prefix_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        x = tl.load(x_ptr + offs)
+        tl.store(totals_ptr, tl.reduce(x, 0, reduce.add_combine))
+        tl.store(totals_ptr + 1, tl.reduce(x, 0, reduce.max_combine))
+        tl.store(totals_ptr + 2, tl.reduce(x, 0, reduce.min_combine))
+        tl.store(prefix_ptr + offs, tl.associative_scan(x, 0, reduce.add_combine))
+
+    return reduce_kernel
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_gpu_combine_functions_reduce_and_scan(dtype):
+    """``tl.reduce`` with :data:`~tops.gpu.reduce.add_combine`, ``max_combine`` and
+    ``min_combine`` is the sum, maximum and minimum of a block, and
+    ``tl.associative_scan`` with ``add_combine`` its inclusive prefix sum: exact integers,
+    whatever the combine order."""
+    device = backends.torch_device()
+    rng = np.random.default_rng(11)
+    values = rng.integers(-(2**16), 2**16, 4096).astype(dtype)
+    x = torch.from_numpy(values).to(device)
+    totals = torch.empty(3, dtype=x.dtype, device=device)
+    prefix = torch.empty_like(x)
+    _reduce_kernel()[(1,)](x, totals, prefix, N=values.size)
+    assert totals.tolist() == [int(values.sum()), int(values.max()), int(values.min())]
+    assert np.array_equal(prefix.cpu().numpy(), np.cumsum(values))

@@ -30,19 +30,19 @@ def _configs() -> list:
         pytest.param(
             module,
             config,
-            id=f"{module.split('.')[-2]}-{config['name']}",
+            id=f"{module.split('.')[-2]}-{config.name}",
             marks=pytest.mark.xdist_group(f"sm90/{module}"),
         )
         for module in GPU_KERNEL_MODULES
-        for config in importlib.import_module(module).compile_configs()
+        for config in importlib.import_module(module).shipped_configs()
     ]
 
 
 @pytest.mark.parametrize(("module", "config"), _configs())
 def test_gpu_compiles_for_sm90(module, config):
-    result = _hopper_results(module)[config["name"]]
+    result = _hopper_results(module)[config.name]
     assert result["ok"], result.get("error")
     assert result["cubin_bytes"] > 0 and result["ptx_bytes"] > 0
     assert result["shared_bytes"] <= SM90_SHARED_MEMORY_BYTES
-    if config.get("options", {}).get("enable_fp_fusion") is False:
+    if config.options.get("enable_fp_fusion") is False:
         assert result["fma_instructions"] == 0

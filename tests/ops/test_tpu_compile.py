@@ -2,9 +2,9 @@
 (``tops.compile_only.TPU_CHIPS``), on this CPU machine: libtpu compiles for compile-only
 devices, so Mosaic's own checks (layouts, loop carries, VMEM) run, which the lowering
 alone (``jax.export``) never reaches. One subprocess per kernel module and chip (libtpu
-loads once per process); the default suite compiles each module's ``tpu_configs()``
+loads once per process); the default suite compiles each module's ``shipped_configs()``
 (every kernel and configuration), ``-m slow`` adds the production shapes of
-``tpu_production_configs()``.
+``production_configs()``.
 
 Each configuration must compile, contain at least one Mosaic kernel, and keep every
 kernel's VMEM within the compiler's scoped limit (``vmem_limit_bytes`` clamped to the
@@ -25,6 +25,7 @@ from jax.experimental.pallas import tpu as pltpu
 from tops.compile_only import (
     TPU_CHIPS,
     TPU_KERNEL_MODULES,
+    PallasConfig,
     compile_tpu_kernels_in_subprocess,
 )
 from tops.precision.testing import requires_libtpu
@@ -117,18 +118,18 @@ def _copy(x, *, vmem_limit_bytes):
     )(x)
 
 
-def tpu_configs():
+def shipped_configs() -> list[PallasConfig]:
     """Kernels the check must reject, read by ``python -m tops.compile_only --tpu``: a
     boolean loop carry (the bug the temperature softmax had), blocks over the chip's
     VMEM (4 x 64 MiB), and a declared limit over it, which the compiler accepts."""
     return [
-        ("bool_carry", _bool_carry, (jax.ShapeDtypeStruct((8, 128), jnp.float32),)),
-        (
+        PallasConfig("bool_carry", _bool_carry, (jax.ShapeDtypeStruct((8, 128), jnp.float32),)),
+        PallasConfig(
             "over_vmem",
             functools.partial(_copy, vmem_limit_bytes=100 * 2**20),
             (jax.ShapeDtypeStruct((16, 2**21), jnp.float32),),
         ),
-        (
+        PallasConfig(
             "limit_over_chip",
             functools.partial(_copy, vmem_limit_bytes=200 * 2**20),
             (jax.ShapeDtypeStruct((16, 2**10), jnp.float32),),
@@ -139,8 +140,8 @@ def tpu_configs():
 def test_tpu_compile_check_rejects_what_the_lowering_passes():
     from tops.compile_only import lower_for_tpu
 
-    for _, fn, shapes in tpu_configs():
-        assert "tpu_custom_call" in lower_for_tpu(fn, *shapes)
+    for config in shipped_configs():
+        assert "tpu_custom_call" in lower_for_tpu(config.fn, *config.shapes)
     results = {r["name"]: r for r in compile_tpu_kernels_in_subprocess(__file__, ("v5e",))}
     assert "scf.for" in results["bool_carry"]["error"]
     assert "Ran out of memory in memory space vmem" in results["over_vmem"]["error"]

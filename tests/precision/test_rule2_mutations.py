@@ -45,7 +45,7 @@ def test_planted_bfloat16_operand_fails_rules_2_and_3(monkeypatch):
     # afterwards so that no later test in this process runs the planted kernel.
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(kernel, "_dot", _dot_with_bfloat16_lhs)
+            patch.setattr(kernel, "dot", _dot_with_bfloat16_lhs)
             jax.clear_caches()
             planted = spec.runners["tpu"](inputs)
     finally:

@@ -1,4 +1,4 @@
-"""float16 logits in the Pallas kernels.
+"""float16 logits in the Pallas kernels, and the row block of a logits dtype.
 
 Mosaic has no float16 vector load on v5e, v5p or v6e ("Invalid vector type for load"), so
 a float16 operand enters a kernel as its bits (:func:`kernel_operand`, a free bitcast to
@@ -14,6 +14,12 @@ from jax import lax
 
 FLOAT16_BITS = jnp.dtype(jnp.uint16)
 _F16_EXPONENT_BIAS_SHIFT = 127 - 15
+
+
+def rows_per_block(dtype: jnp.dtype | type) -> int:
+    """Sublane rows of a row block, one native tile: 8 for 32-bit operands, 16 for packed
+    16-bit ones."""
+    return 8 if jnp.dtype(dtype).itemsize == 4 else 16
 
 
 def kernel_operand(x: jax.Array) -> jax.Array:

@@ -108,11 +108,11 @@ def test_tpu_x64_mode(enable_x64, dtype, varlen):
         chunk_simple_gla(*(jnp.zeros((1, 4, 2, 8), jnp.float64) for _ in range(3)))
 
 
-def tpu_configs():
-    """The varlen configurations of ``kernel.tpu_configs()`` (both gates, initial and
+def shipped_configs():
+    """The varlen configurations of ``kernel.shipped_configs()`` (both gates, initial and
     final states; forward and ``_grad``): every integer constant of both kernels, their
     index maps and the SMEM ``g_gamma`` block, for the x64 compile check."""
-    return [config for config in kernel.tpu_configs() if "both_T300" in config[0]]
+    return [config for config in kernel.shipped_configs() if "both_T300" in config.name]
 
 
 @requires_libtpu

@@ -22,7 +22,7 @@ import torch
 
 from tops import backends, gpu  # noqa: F401  (tops.gpu configures Triton first)
 from tops.cpu import simple_gla as reference
-from tops.gpu.simple_gla import backward, kernel
+from tops.gpu.simple_gla import backward, common, kernel
 from tops.precision.cases import simple_gla as forward_cases
 from tops.precision.cases import simple_gla_grad as grad_cases
 from tops.precision.convert import from_torch, to_torch
@@ -103,7 +103,7 @@ MALFORMED = {
 
 
 def test_gpu_repair_matches_the_spec():
-    """``kernel.repair_cu_seqlens`` is ``repaired_cu_seqlens`` for int32 and int64 tensors
+    """``common.repair_cu_seqlens`` is ``repaired_cu_seqlens`` for int32 and int64 tensors
     (int64 entries past int32 clip rather than wrap); valid offsets come back unchanged,
     and the input is not modified."""
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def test_gpu_repair_matches_the_spec():
         for dtype in dtypes:
             x = torch.tensor(cu.tolist(), dtype=dtype)
             before = x.clone()
-            got = kernel.repair_cu_seqlens(x, SHORT)
+            got = common.repair_cu_seqlens(x, SHORT)
             assert got.dtype == torch.int32
             np.testing.assert_array_equal(got.numpy(), want)
             assert torch.equal(x, before)

@@ -23,7 +23,7 @@ import pytest
 
 from tops.backends import pallas_interpret
 from tops.cpu import simple_gla as reference
-from tops.ops.simple_gla import backward, chunk_simple_gla, kernel
+from tops.ops.simple_gla import backward, chunk_simple_gla, common, kernel
 from tops.precision.cases.simple_gla import random_arrays
 from tops.precision.metrics import compare
 from tops.spec.simple_gla import repaired_cu_seqlens
@@ -128,7 +128,7 @@ MALFORMED = {
 
 
 def test_tpu_repair_matches_the_spec():
-    """``kernel.repair_cu_seqlens`` is ``repaired_cu_seqlens`` for NumPy and JAX arrays,
+    """``common.repair_cu_seqlens`` is ``repaired_cu_seqlens`` for NumPy and JAX arrays,
     int32 and int64 (x64 on, entries past int32 that would wrap to valid-looking ones);
     valid offsets come back unchanged."""
     rng = np.random.default_rng(0)
@@ -139,16 +139,16 @@ def test_tpu_repair_matches_the_spec():
     for cu in cases:
         want = repaired_cu_seqlens(cu, SHORT)
         for x in (cu.astype(np.int32), jnp.asarray(cu, jnp.int32)):
-            got = kernel.repair_cu_seqlens(x, SHORT)
+            got = common.repair_cu_seqlens(x, SHORT)
             assert got.dtype == jnp.int32
             np.testing.assert_array_equal(np.asarray(got), want)
     for cu in wide:
         want = repaired_cu_seqlens(cu, SHORT)
-        np.testing.assert_array_equal(np.asarray(kernel.repair_cu_seqlens(cu, SHORT)), want)
+        np.testing.assert_array_equal(np.asarray(common.repair_cu_seqlens(cu, SHORT)), want)
         with jax.enable_x64(True):
             x = jnp.asarray(cu)
             assert x.dtype == jnp.int64
-            np.testing.assert_array_equal(np.asarray(kernel.repair_cu_seqlens(x, SHORT)), want)
+            np.testing.assert_array_equal(np.asarray(common.repair_cu_seqlens(x, SHORT)), want)
     np.testing.assert_array_equal(repaired_cu_seqlens(wide[0], SHORT), [0, 16, 16])
 
 

@@ -1,5 +1,12 @@
-"""Top-k / top-p / min-p sampling on the GPU backend: torch wrappers around the Triton
-kernels of :mod:`tops.gpu.sampling.kernel`, bit-identical to ``tops.cpu.sampling``."""
+"""Top-k / top-p / min-p sampling on the GPU backend, bit-identical to
+``tops.cpu.sampling``: torch wrappers around the Triton kernels.
+
+* bounded-k (``max_k`` an int <= 256): ``tops.gpu.topk`` keeps each row's ``max_k``
+  survivors, then one kernel (``bounded.py``) samples among them;
+* arbitrary-k (``max_k=None``): one kernel (``full.py``) over the whole row.
+
+``integer_weights`` runs the row statistics and the quantisation kernel (``kernel.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,15 @@ from collections import OrderedDict
 import torch
 
 from tops.backends import torch_device
-from tops.gpu.sampling import kernel
+from tops.gpu.sampling import bounded, full, kernel
 from tops.gpu.selection import topk
 from tops.spec.common import require_bool
 from tops.spec.sampling import validate, validate_weights
+
+# A per-row parameter: a Python or NumPy number, or a tensor [B] or [] (tops.spec.sampling).
+Parameter = float | int | torch.Tensor
+# The debug arrays of ``sample(..., debug=True)``, by name.
+DebugArrays = OrderedDict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 def _require_device(name: str, tensor: torch.Tensor) -> None:
@@ -21,30 +33,26 @@ def _require_device(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} must be on the {expected} device, got {tensor.device}")
 
 
-def _float_rows(value, batch: int, device) -> torch.Tensor:
+def _float_rows(value: Parameter, batch: int, device: torch.device) -> torch.Tensor:
     """``float32[batch]`` from a number or a float32 tensor ``[B]`` or ``[]``."""
     if isinstance(value, numbers.Real):
         return torch.full((batch,), float(value), dtype=torch.float32, device=device)
     return value.to(device=device, dtype=torch.float32).expand(batch).contiguous()
 
 
-def _int_rows(value, batch: int, device) -> torch.Tensor:
+def _int_rows(value: Parameter, batch: int, device: torch.device) -> torch.Tensor:
     """``int64[batch]`` from an integer or an integer tensor ``[B]`` or ``[]``."""
     if isinstance(value, numbers.Real):
         return torch.full((batch,), int(value), dtype=torch.int64, device=device)
     return value.to(torch.int64).to(device=device).expand(batch).contiguous()
 
 
-def _logits(logits) -> torch.Tensor:
+def _logits(logits: torch.Tensor) -> torch.Tensor:
     _require_device("logits", logits)
     batch, vocab = logits.shape
     if batch and vocab > 1 and logits.stride(1) != 1:
         logits = logits.contiguous()
     return logits
-
-
-# A per-row parameter: a Python or NumPy number, or a tensor [B] or [] (tops.spec.sampling).
-Parameter = float | int | torch.Tensor
 
 
 def sample(
@@ -58,7 +66,7 @@ def sample(
     min_p: Parameter = 0.0,
     max_k: int | None = None,
     debug: bool = False,
-):
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, DebugArrays]:
     """Sample one token per row (``tops/spec/sampling.py``; bit-identical to
     ``tops.cpu.sampling.sample``).
 
@@ -128,15 +136,13 @@ def sample(
         probs = torch.empty((batch, vocab), dtype=torch.int32, device=device)
         topk_logits = torch.empty((batch, vocab), dtype=x.dtype, device=device) if debug else None
         if batch:
-            kernel.launch_full(
-                x, k, params, probs, topk_logits, greedy, valid, drawn, tokens, debug
-            )
+            full.launch_full(x, k, params, probs, topk_logits, greedy, valid, drawn, tokens, debug)
     else:
         values, indices = topk(x, k, max_k=max_k)
         survivor_probs = torch.zeros((batch, max_k), dtype=torch.int32, device=device)
         if batch:
             greedy, valid = kernel.row_stats(x)
-            kernel.launch_bounded(values, indices, k, valid, params, survivor_probs, drawn, tokens)
+            bounded.launch_bounded(values, indices, k, valid, params, survivor_probs, drawn, tokens)
         if debug:
             # Fill slots (index -1) scatter to a spare column V, dropped afterwards.
             column = torch.where(indices >= 0, indices, vocab).to(torch.int64)

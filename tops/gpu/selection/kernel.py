@@ -1,58 +1,39 @@
-"""Triton kernels for exact top-k: integer order keys, threshold selection, counting ranks.
+"""Triton kernels for exact top-k. Each element becomes an int32 order key and an int64
+entry (:func:`order_key`, :func:`order_entry`); kernels keep and place entries by integer
+comparisons only, and the output kernel loads each value from ``x``, bit for bit.
 
-Every element becomes a pair ``(key, index)``. ``key`` is an int32 whose signed order is
-the contract's order of the values (``tops.spec.topk``): the element is upcast exactly to
-float32 and its bits ``b`` (as int32) map to ``b`` when ``b >= 0`` and to
-``b ^ 0x7FFFFFFF`` when ``b < 0``, which is IEEE total order (so ``+0.0`` ranks above
-``-0.0``); every NaN maps to ``NAN_KEY = INT32_MIN + 1``, below ``-inf``'s key
-``0x807FFFFF``. ``PAD_KEY = INT32_MIN`` marks empty slots and ranks below everything.
-An entry ranks ahead of another when its key is larger, or the keys are equal and its
-index is lower: the int64 ``entry = key << 32 | (index ^ INT32_MAX)`` (the low half is
-``INT32_MAX - index``) orders entries as signed integers, and is unique within a row.
-Every kernel keeps or places an entry by exact integer comparisons in that order, never
-by float arithmetic, so ties (equal values, ``-0.0`` against ``+0.0``, NaNs) are resolved
-exactly as the reference does. Values are never reconstructed from keys: the output
-kernel loads ``x[row, index]``, so each value is the input element bit for bit.
+Fast path (width <= ``FAST_PATH_MAX_K``; ``SLOTS = BLOCKS.fast_path_slots(width)``):
 
-Fast path (width <= ``FAST_PATH_MAX_K``), ``SLOTS = fast_path_slots(width)`` (64 or 256):
+* :func:`_select_values_kernel`, grid ``(B, cdiv(V, TILE))``: ``[TILE]`` columns of a row
+  to its ``[SLOTS]`` top candidates;
+* :func:`_select_candidates_kernel`, grid ``(B, cdiv(n_slots, TILE))``: ``[TILE]``
+  candidates to ``[SLOTS]``, level after level until ``SLOTS`` are left;
+* :func:`_rank_candidates_kernel`, grid ``(B,)``: ``[SLOTS]`` candidates ranked in
+  ``[SLOTS, CHUNK]`` comparison blocks.
 
-1. :func:`_select_values_kernel`, grid ``(B, cdiv(V, TILE))``: each program keeps the
-   top ``SLOTS`` entries of its ``TILE`` columns (:func:`_keep_top`: a bisection on the
-   key for the ``SLOTS``-th largest key ``T``, then the entries tied at ``T`` with the
-   lowest indices) and writes them, in index order, to ``SLOTS`` candidate slots.
-2. :func:`_select_candidates_kernel`: the same selection over ``TILE`` candidate slots at
-   a time, repeated until one group of ``SLOTS`` candidates is left per row. The union of
-   the groups' top sets contains the row's top set, so every level is exact.
-3. :func:`_rank_candidates_kernel`, grid ``(B,)``: each candidate's output place is the
-   number of candidates ahead of it.
+General path (a merge sort truncated to the width): :func:`_entries_kernel`, grid
+``(B, cdiv(n_columns, BLOCK))``, ``[BLOCK]`` columns; :func:`_sort_runs_kernel`, grid
+``(B, n_runs)``, ``[RUN]`` entries in ``[RUN, CHUNK]`` blocks; :func:`_merge_kernel`, grid
+``(B, cdiv(2 * cdiv(n_runs, 2) * run_length, BLOCK))``, ``[BLOCK]`` places.
 
-General path (width > ``FAST_PATH_MAX_K``, any width up to V): a merge sort truncated to
-the width. :func:`_entries_kernel` writes every column's entry, :func:`_sort_runs_kernel`
-sorts runs of ``RUN`` entries by counting ranks, and :func:`_merge_kernel` merges pairs
-of runs, placing each entry at its place in its own run plus its rank in the partner run
-(a binary search) and dropping places at or beyond the width, until one run is left.
-
-Both paths end with :func:`_write_kernel`, which writes the first ``clip(k[b], 0, width)``
-indices of row ``b`` and their values, and ``FILL_INDEX`` / ``-inf`` past them.
-
-Sums and prefix sums inside loops use ``tl.reduce`` / ``tl.associative_scan`` with
-Triton's own ``_sum_combine`` (what ``tl.sum`` and ``tl.cumsum`` expand to natively): the
-Triton interpreter runs each call of a ``@triton.jit`` helper such as ``tl.sum`` at a cost
-of about 0.3 ms, which would dominate the interpreted bisection.
+Both end with :func:`_write_kernel`, grid ``(B, cdiv(width, BLOCK))``, ``[BLOCK]`` places.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
-from triton.language.standard import _sum_combine
 
+from tops.compile_only import TritonConfig
 from tops.gpu.exact import upcast
+from tops.gpu.reduce import add_combine
 from tops.spec.topk import FAST_PATH_MAX_K, FILL_INDEX
 
-PAD_KEY = -(2**31)
-NAN_KEY = PAD_KEY + 1
+PAD_KEY = -(2**31)  # empty slots: below every key
+NAN_KEY = PAD_KEY + 1  # every NaN: below -inf's key 0x807FFFFF
 INT32_MAX = 2**31 - 1
 _PAD_KEY = tl.constexpr(PAD_KEY)
 _NAN_KEY = tl.constexpr(NAN_KEY)
@@ -61,53 +42,59 @@ PAD_ENTRY = -(2**63)  # below every entry
 _PAD_ENTRY = tl.constexpr(PAD_ENTRY)
 _FILL_INDEX = tl.constexpr(FILL_INDEX)
 
-# Columns (or candidate slots) one selection program reads. 8 warps hold 16 keys a thread;
-# each bisection step is one compare and one block-wide sum over the tile. A larger tile
-# costs registers and programs for B = 1; a smaller one more candidates per row (TILE /
-# SLOTS is the reduction per level: 16 at SLOTS = 256, 64 at SLOTS = 64).
-TILE = 4096
-SELECT_WARPS = 8
-# Candidate groups of the fast path: 64 for width <= 64 (greedy and the usual sampling
-# top-k), else 256. Each is a separate compiled configuration of three kernels.
-SLOT_SIZES = (64, 256)
-# Entries compared at once against every entry of a rank kernel: [SLOTS, RANK_CHUNK]
-# comparison blocks, 32 a thread (ptxas for sm_90: 127 registers at 16 warps for 256 x 64,
-# no spills; 190 at 8 warps).
-RANK_CHUNK = 64
-# Initial run length of the general path, sorted by counting in [RUN, RUN_CHUNK] blocks,
-# 32 a thread at 8 warps.
-RUN = 256
-RUN_CHUNK = 32
-RUN_WARPS = 8
-# Columns per program of the (memory-bound) entries kernel: 16 a thread at 8 warps.
-ENTRY_BLOCK = 4096
-ENTRY_WARPS = 8
-# Entries one merge program places: 8 a thread at 8 warps, each a binary search of
-# ``bit_length(run_length)`` dependent loads (mostly L1/L2 hits), several in flight per
-# thread while leaving registers for more than one program per SM.
-MERGE_BLOCK = 2048
-MERGE_WARPS = 8
-WRITE_BLOCK = 1024
-WRITE_WARPS = 4
-# Largest workspace (candidates or runs) allocated for one group of rows; larger batches
-# are processed in groups of rows that fit.
-WORKSPACE_BYTES = 256 * 2**20
+
+@dataclasses.dataclass(frozen=True)
+class SelectionBlocks:
+    """Launch constants of the top-k kernels (8 warps: 256 threads a program)."""
+
+    # Columns (or candidate slots) one selection program reads: 16 keys a thread. Each
+    # bisection step is one compare and one block-wide sum over the tile; a larger tile
+    # costs registers and programs for B = 1, a smaller one more candidates per row
+    # (tile / slots is the reduction per level: 16 at 256 slots, 64 at 64).
+    tile: int = 4096
+    select_warps: int = 8
+    # Candidate groups of the fast path: 64 for width <= 64 (greedy and the usual sampling
+    # top-k), else 256; each a separate compiled configuration of three kernels.
+    slot_sizes: tuple[int, ...] = (64, 256)
+    # Entries compared at once in the rank kernel: [slots, rank_chunk] blocks, 32 a thread
+    # (ptxas for sm_90: 127 registers at 16 warps for 256 x 64, no spills; 190 at 8 warps).
+    rank_chunk: int = 64
+    # Initial run of the general path, sorted by counting in [run, run_chunk] blocks.
+    run: int = 256
+    run_chunk: int = 32
+    run_warps: int = 8
+    # Columns per program of the (memory-bound) entries kernel.
+    entry_block: int = 4096
+    entry_warps: int = 8
+    # Entries one merge program places: 8 a thread, each a binary search of
+    # bit_length(run_length) dependent loads (mostly L1/L2 hits), several in flight per
+    # thread while leaving registers for more than one program per SM.
+    merge_block: int = 2048
+    merge_warps: int = 8
+    write_block: int = 1024
+    write_warps: int = 4
+    # Largest workspace (candidates or runs) for one group of rows; larger batches are
+    # processed in groups of rows that fit.
+    workspace_bytes: int = 256 * 2**20
+
+    def fast_path_slots(self, width: int) -> int:
+        """Candidate slots per group on the fast path for an output ``width``."""
+        return next(slots for slots in self.slot_sizes if width <= slots)
+
+    def rank_warps(self, slots: int) -> int:
+        """Warps of the rank kernel for ``slots`` candidates."""
+        return 4 if slots <= 64 else 16
 
 
-def fast_path_slots(width: int) -> int:
-    """Candidate slots per group on the fast path for an output ``width``."""
-    return next(slots for slots in SLOT_SIZES if width <= slots)
-
-
-def rank_warps(slots: int) -> int:
-    """Warps of the rank kernel for ``slots`` candidates (``[slots, RANK_CHUNK]`` blocks)."""
-    return 4 if slots <= 64 else 16
+BLOCKS = SelectionBlocks()
 
 
 @triton.jit
 def order_key(value, valid):
-    """The int32 order key of float32 ``value`` (its bits, magnitude bits flipped when
-    negative, NaN to ``NAN_KEY``), ``PAD_KEY`` where not ``valid``."""
+    """The int32 order key of float32 ``value``, ``PAD_KEY`` where not ``valid``: its bits
+    ``b``, or ``b ^ 0x7FFFFFFF`` when negative, whose signed order is IEEE total order
+    (``+0.0`` above ``-0.0``), and ``NAN_KEY`` for every NaN: the order of
+    ``tops.spec.topk``, so ties resolve as in the reference, by integers alone."""
     bits = value.to(tl.int32, bitcast=True)
     key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     key = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, _NAN_KEY, key)
@@ -125,7 +112,7 @@ def _load_keys(row_ptr, column, V):
 @triton.jit
 def order_entry(key, index):
     """The int64 ``key << 32 | (INT32_MAX - index)`` (``index >= 0``): entries compare as
-    ``(key, -index)``, the top-k order."""
+    ``(key, -index)``, the top-k order, and are unique within a row."""
     return (key.to(tl.int64) << 32) | (index ^ _INT32_MAX).to(tl.int64)
 
 
@@ -147,21 +134,21 @@ def _keep_top(key, valid, SLOTS: tl.constexpr):
 
     Returns ``(keep, kept)``: a mask over the tile and the number of entries it keeps.
     """
-    n_valid = tl.reduce(valid.to(tl.int32), 0, _sum_combine)
+    n_valid = tl.reduce(valid.to(tl.int32), 0, add_combine)
     kept = tl.minimum(n_valid, SLOTS)
     lo = tl.min(tl.where(valid, key, _INT32_MAX), axis=0).to(tl.int64)
     hi = tl.max(tl.where(valid, key, _PAD_KEY), axis=0).to(tl.int64)
     while lo < hi:
         mid = lo + (hi - lo + 1) // 2
-        count = tl.reduce((key >= mid.to(tl.int32)).to(tl.int32), 0, _sum_combine)
+        count = tl.reduce((key >= mid.to(tl.int32)).to(tl.int32), 0, add_combine)
         enough = count >= kept
         lo = tl.where(enough, mid, lo)
         hi = tl.where(enough, hi, mid - 1)
     threshold = lo.to(tl.int32)
     above = valid & (key > threshold)
     tied = valid & (key == threshold)
-    needed = kept - tl.reduce(above.to(tl.int32), 0, _sum_combine)
-    keep = above | (tied & (tl.associative_scan(tied.to(tl.int32), 0, _sum_combine) <= needed))
+    needed = kept - tl.reduce(above.to(tl.int32), 0, add_combine)
+    keep = above | (tied & (tl.associative_scan(tied.to(tl.int32), 0, add_combine) <= needed))
     return keep, kept
 
 
@@ -169,7 +156,7 @@ def _keep_top(key, valid, SLOTS: tl.constexpr):
 def _store_candidates(key_out, index_out, key, index, keep, kept, SLOTS: tl.constexpr):
     """Write the kept entries to slots ``0 .. kept-1`` in tile order (so in index order)
     and ``PAD_KEY`` / ``INT32_MAX`` to slots ``kept .. SLOTS-1``."""
-    slot = tl.associative_scan(keep.to(tl.int32), 0, _sum_combine) - 1
+    slot = tl.associative_scan(keep.to(tl.int32), 0, add_combine) - 1
     tl.store(key_out + slot, key, mask=keep)
     tl.store(index_out + slot, index, mask=keep)
     empty = tl.arange(0, SLOTS)
@@ -272,7 +259,7 @@ def _rank_candidates_kernel(
         ahead = (theirs[None, :] > mine[:, None]) | (
             (theirs[None, :] == mine[:, None]) & (other[None, :] < slot[:, None])
         )
-        rank += tl.reduce(ahead.to(tl.int32), 1, _sum_combine)
+        rank += tl.reduce(ahead.to(tl.int32), 1, add_combine)
     tl.store(order_ptr + row * order_row_stride + rank, mine)
 
 
@@ -324,7 +311,7 @@ def _sort_runs_kernel(
     rank = tl.zeros([RUN], tl.int64)
     for start in tl.static_range(0, RUN, CHUNK):
         theirs = tl.load(entries_ptr + (run_start + start) + tl.arange(0, CHUNK))
-        rank += tl.reduce((theirs[None, :] > mine[:, None]).to(tl.int64), 1, _sum_combine)
+        rank += tl.reduce((theirs[None, :] > mine[:, None]).to(tl.int64), 1, add_combine)
     tl.store(order_ptr + run_start + rank, mine)
 
 
@@ -421,7 +408,9 @@ def _write_kernel(
     tl.store(indices_ptr + row * out_row_stride + place, index, mask=in_width)
 
 
-def launch(x: torch.Tensor, kept: torch.Tensor, values: torch.Tensor, indices: torch.Tensor):
+def launch(
+    x: torch.Tensor, kept: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+) -> None:
     """Write the top ``width = values.shape[1]`` entries of each row of ``x``.
 
     Args:
@@ -437,12 +426,12 @@ def launch(x: torch.Tensor, kept: torch.Tensor, values: torch.Tensor, indices: t
         row_bytes = _fast_path_row_bytes(vocab, width)
     else:
         row_bytes = _general_path_row_bytes(vocab, width)
-    group = max(1, WORKSPACE_BYTES // row_bytes)
+    group = max(1, BLOCKS.workspace_bytes // row_bytes)
     for start in range(0, batch, group):
         rows = slice(start, start + group)
         x_rows = x[rows]
         order = _fast_path_order(x_rows, width) if fast else _general_path_order(x_rows, width)
-        _write_kernel[(x_rows.shape[0], triton.cdiv(width, WRITE_BLOCK))](
+        _write_kernel[(x_rows.shape[0], triton.cdiv(width, BLOCKS.write_block))](
             x_rows,
             order,
             kept[rows],
@@ -452,15 +441,15 @@ def launch(x: torch.Tensor, kept: torch.Tensor, values: torch.Tensor, indices: t
             order.stride(0),
             values.stride(0),
             width,
-            BLOCK=WRITE_BLOCK,
-            num_warps=WRITE_WARPS,
+            BLOCK=BLOCKS.write_block,
+            num_warps=BLOCKS.write_warps,
         )
 
 
 def _fast_path_row_bytes(vocab: int, width: int) -> int:
     """Workspace bytes per row of the fast path: int32 keys and indices of the first
     level's candidates and of the second level's (no more than the first's)."""
-    return 2 * 2 * 4 * triton.cdiv(vocab, TILE) * fast_path_slots(width)
+    return 2 * 2 * 4 * triton.cdiv(vocab, BLOCKS.tile) * BLOCKS.fast_path_slots(width)
 
 
 def _general_path_row_bytes(vocab: int, width: int) -> int:
@@ -472,7 +461,7 @@ def _general_path_capacity(vocab: int, width: int) -> int:
     """Entries per row that hold every pass's runs: the largest ``n_runs * run_length``
     over the passes (``n_runs`` rounded up to even from the second pass on, for the
     output run of a lone last run)."""
-    n_runs, run_length = triton.cdiv(vocab, RUN), RUN
+    n_runs, run_length = triton.cdiv(vocab, BLOCKS.run), BLOCKS.run
     capacity = n_runs * run_length
     while n_runs > 1:
         n_runs, run_length = triton.cdiv(n_runs, 2), min(2 * run_length, width)
@@ -483,38 +472,23 @@ def _general_path_capacity(vocab: int, width: int) -> int:
 def _fast_path_order(x: torch.Tensor, width: int) -> torch.Tensor:
     """``int64[B, SLOTS]`` (``SLOTS >= width``): each row's top entries in order."""
     batch, vocab = x.shape
-    slots = fast_path_slots(width)
-    tiles = triton.cdiv(vocab, TILE)
-    key = torch.empty((batch, tiles * slots), dtype=torch.int32, device=x.device)
-    index = torch.empty_like(key)
-    _select_values_kernel[(batch, tiles)](
-        x,
-        key,
-        index,
-        vocab,
-        x.stride(0),
-        key.stride(0),
-        TILE=TILE,
-        SLOTS=slots,
-        num_warps=SELECT_WARPS,
-    )
-    n_slots = tiles * slots
-    while n_slots > slots:
-        tiles = triton.cdiv(n_slots, TILE)
+    slots = BLOCKS.fast_path_slots(width)
+    select = {"TILE": BLOCKS.tile, "SLOTS": slots, "num_warps": BLOCKS.select_warps}
+    key = index = None
+    n_slots = vocab
+    while key is None or n_slots > slots:
+        tiles = triton.cdiv(n_slots, BLOCKS.tile)
         key_out = torch.empty((batch, tiles * slots), dtype=torch.int32, device=x.device)
         index_out = torch.empty_like(key_out)
-        _select_candidates_kernel[(batch, tiles)](
-            key,
-            index,
-            key_out,
-            index_out,
-            n_slots,
-            key.stride(0),
-            key_out.stride(0),
-            TILE=TILE,
-            SLOTS=slots,
-            num_warps=SELECT_WARPS,
-        )
+        # Every level keeps each tile's top SLOTS: their union holds the row's top set.
+        if key is None:  # the first level reads the logits
+            _select_values_kernel[(batch, tiles)](
+                x, key_out, index_out, vocab, x.stride(0), key_out.stride(0), **select
+            )
+        else:
+            _select_candidates_kernel[(batch, tiles)](
+                key, index, key_out, index_out, n_slots, key.stride(0), key_out.stride(0), **select
+            )
         key, index, n_slots = key_out, index_out, tiles * slots
     order = torch.empty((batch, slots), dtype=torch.int64, device=x.device)
     _rank_candidates_kernel[(batch,)](
@@ -524,8 +498,8 @@ def _fast_path_order(x: torch.Tensor, width: int) -> torch.Tensor:
         key.stride(0),
         order.stride(0),
         SLOTS=slots,
-        CHUNK=RANK_CHUNK,
-        num_warps=rank_warps(slots),
+        CHUNK=BLOCKS.rank_chunk,
+        num_warps=BLOCKS.rank_warps(slots),
     )
     return order
 
@@ -535,32 +509,33 @@ def _general_path_order(x: torch.Tensor, width: int) -> torch.Tensor:
     batch, vocab = x.shape
     capacity = _general_path_capacity(vocab, width)
     order = torch.empty((batch, capacity), dtype=torch.int64, device=x.device)
-    n_runs = triton.cdiv(vocab, RUN)
+    run = BLOCKS.run
+    n_runs = triton.cdiv(vocab, run)
     entries = torch.empty_like(order)
-    _entries_kernel[(batch, triton.cdiv(n_runs * RUN, ENTRY_BLOCK))](
+    _entries_kernel[(batch, triton.cdiv(n_runs * run, BLOCKS.entry_block))](
         x,
         entries,
         vocab,
-        n_runs * RUN,
+        n_runs * run,
         x.stride(0),
         entries.stride(0),
-        BLOCK=ENTRY_BLOCK,
-        num_warps=ENTRY_WARPS,
+        BLOCK=BLOCKS.entry_block,
+        num_warps=BLOCKS.entry_warps,
     )
     _sort_runs_kernel[(batch, n_runs)](
         entries,
         order,
         order.stride(0),
-        RUN=RUN,
-        CHUNK=RUN_CHUNK,
-        num_warps=RUN_WARPS,
+        RUN=run,
+        CHUNK=BLOCKS.run_chunk,
+        num_warps=BLOCKS.run_warps,
     )
     merged = entries
-    run_length = RUN
+    run_length = run
     while n_runs > 1:
         pairs = triton.cdiv(n_runs, 2)
         out_length = min(2 * run_length, width)
-        _merge_kernel[(batch, triton.cdiv(2 * pairs * run_length, MERGE_BLOCK))](
+        _merge_kernel[(batch, triton.cdiv(2 * pairs * run_length, BLOCKS.merge_block))](
             order,
             merged,
             order.stride(0),
@@ -568,106 +543,100 @@ def _general_path_order(x: torch.Tensor, width: int) -> torch.Tensor:
             n_runs,
             out_length,
             run_length.bit_length(),
-            BLOCK=MERGE_BLOCK,
-            num_warps=MERGE_WARPS,
+            BLOCK=BLOCKS.merge_block,
+            num_warps=BLOCKS.merge_warps,
         )
         order, merged = merged, order
         n_runs, run_length = pairs, out_length
     return order
 
 
-def compile_configs() -> list[dict]:
-    """Every shipped kernel configuration, for the compile-only checks.
-
-    Per input dtype (bf16, f16, f32): :func:`_select_values_kernel` at each of
-    ``SLOT_SIZES``, :func:`_entries_kernel` and :func:`_write_kernel`. Dtype-free:
-    :func:`_select_candidates_kernel` and :func:`_rank_candidates_kernel` at each of
-    ``SLOT_SIZES``, :func:`_sort_runs_kernel` and :func:`_merge_kernel`. Each with the
-    warps it launches with. Entries: ``{"name", "kernel", "signature", "constexprs", "num_warps"}``.
-    """
+def shipped_configs() -> list[TritonConfig]:
+    """Every shipped kernel configuration at the warps it launches with: per input dtype,
+    :func:`_select_values_kernel` at each of ``BLOCKS.slot_sizes``, :func:`_entries_kernel`
+    and :func:`_write_kernel`; dtype-free, :func:`_select_candidates_kernel` and
+    :func:`_rank_candidates_kernel` at each slot size, :func:`_sort_runs_kernel` and
+    :func:`_merge_kernel`."""
     configs = []
-
-    def add(kernel, suffix, pointers, integers, constexprs, num_warps):
-        signature = {**pointers, **dict.fromkeys(integers, "i32")}
-        configs.append(
-            {
-                "name": f"{kernel.__name__.strip('_')}_{suffix}",
-                "kernel": kernel,
-                "signature": {**signature, **dict.fromkeys(constexprs, "constexpr")},
-                "constexprs": constexprs,
-                "num_warps": num_warps,
-            }
-        )
-
     for dtype in ("bf16", "fp16", "fp32"):
         x = f"*{dtype}"
-        for slots in SLOT_SIZES:
-            add(
+        configs += [
+            TritonConfig.build(
+                f"select_values_kernel_{dtype}_SLOTS{slots}",
                 _select_values_kernel,
-                f"{dtype}_SLOTS{slots}",
-                {"x_ptr": x, "key_out_ptr": "*i32", "index_out_ptr": "*i32"},
-                ("V", "x_row_stride", "out_row_stride"),
-                {"TILE": TILE, "SLOTS": slots},
-                SELECT_WARPS,
+                pointers={"x_ptr": x, "key_out_ptr": "*i32", "index_out_ptr": "*i32"},
+                integers=("V", "x_row_stride", "out_row_stride"),
+                constexprs={"TILE": BLOCKS.tile, "SLOTS": slots},
+                num_warps=BLOCKS.select_warps,
             )
-        add(
-            _entries_kernel,
-            f"{dtype}_BLOCK{ENTRY_BLOCK}",
-            {"x_ptr": x, "entries_ptr": "*i64"},
-            ("V", "n_columns", "x_row_stride", "entries_row_stride"),
-            {"BLOCK": ENTRY_BLOCK},
-            ENTRY_WARPS,
+            for slots in BLOCKS.slot_sizes
+        ]
+        configs.append(
+            TritonConfig.build(
+                f"entries_kernel_{dtype}_BLOCK{BLOCKS.entry_block}",
+                _entries_kernel,
+                pointers={"x_ptr": x, "entries_ptr": "*i64"},
+                integers=("V", "n_columns", "x_row_stride", "entries_row_stride"),
+                constexprs={"BLOCK": BLOCKS.entry_block},
+                num_warps=BLOCKS.entry_warps,
+            )
         )
-        add(
-            _write_kernel,
-            f"{dtype}_BLOCK{WRITE_BLOCK}",
-            {
-                "x_ptr": x,
-                "order_ptr": "*i64",
-                "kept_ptr": "*i32",
-                "values_ptr": x,
-                "indices_ptr": "*i32",
-            },
-            ("x_row_stride", "order_row_stride", "out_row_stride", "width"),
-            {"BLOCK": WRITE_BLOCK},
-            WRITE_WARPS,
+        configs.append(
+            TritonConfig.build(
+                f"write_kernel_{dtype}_BLOCK{BLOCKS.write_block}",
+                _write_kernel,
+                pointers={
+                    "x_ptr": x,
+                    "order_ptr": "*i64",
+                    "kept_ptr": "*i32",
+                    "values_ptr": x,
+                    "indices_ptr": "*i32",
+                },
+                integers=("x_row_stride", "order_row_stride", "out_row_stride", "width"),
+                constexprs={"BLOCK": BLOCKS.write_block},
+                num_warps=BLOCKS.write_warps,
+            )
         )
-    for slots in SLOT_SIZES:
-        add(
-            _select_candidates_kernel,
-            f"SLOTS{slots}",
-            {
-                "key_ptr": "*i32",
-                "index_ptr": "*i32",
-                "key_out_ptr": "*i32",
-                "index_out_ptr": "*i32",
-            },
-            ("n_slots", "row_stride", "out_row_stride"),
-            {"TILE": TILE, "SLOTS": slots},
-            SELECT_WARPS,
+    candidates = {"key_ptr": "*i32", "index_ptr": "*i32"}
+    for slots in BLOCKS.slot_sizes:
+        configs.append(
+            TritonConfig.build(
+                f"select_candidates_kernel_SLOTS{slots}",
+                _select_candidates_kernel,
+                pointers={**candidates, "key_out_ptr": "*i32", "index_out_ptr": "*i32"},
+                integers=("n_slots", "row_stride", "out_row_stride"),
+                constexprs={"TILE": BLOCKS.tile, "SLOTS": slots},
+                num_warps=BLOCKS.select_warps,
+            )
         )
-        add(
-            _rank_candidates_kernel,
-            f"SLOTS{slots}",
-            {"key_ptr": "*i32", "index_ptr": "*i32", "order_ptr": "*i64"},
-            ("row_stride", "order_row_stride"),
-            {"SLOTS": slots, "CHUNK": RANK_CHUNK},
-            rank_warps(slots),
+        configs.append(
+            TritonConfig.build(
+                f"rank_candidates_kernel_SLOTS{slots}",
+                _rank_candidates_kernel,
+                pointers={**candidates, "order_ptr": "*i64"},
+                integers=("row_stride", "order_row_stride"),
+                constexprs={"SLOTS": slots, "CHUNK": BLOCKS.rank_chunk},
+                num_warps=BLOCKS.rank_warps(slots),
+            )
         )
-    add(
-        _sort_runs_kernel,
-        f"RUN{RUN}",
-        {"entries_ptr": "*i64", "order_ptr": "*i64"},
-        ("row_stride",),
-        {"RUN": RUN, "CHUNK": RUN_CHUNK},
-        RUN_WARPS,
+    configs.append(
+        TritonConfig.build(
+            f"sort_runs_kernel_RUN{BLOCKS.run}",
+            _sort_runs_kernel,
+            pointers={"entries_ptr": "*i64", "order_ptr": "*i64"},
+            integers=("row_stride",),
+            constexprs={"RUN": BLOCKS.run, "CHUNK": BLOCKS.run_chunk},
+            num_warps=BLOCKS.run_warps,
+        )
     )
-    add(
-        _merge_kernel,
-        f"BLOCK{MERGE_BLOCK}",
-        {"order_ptr": "*i64", "order_out_ptr": "*i64"},
-        ("row_stride", "run_length", "n_runs", "out_length", "search_steps"),
-        {"BLOCK": MERGE_BLOCK},
-        MERGE_WARPS,
+    configs.append(
+        TritonConfig.build(
+            f"merge_kernel_BLOCK{BLOCKS.merge_block}",
+            _merge_kernel,
+            pointers={"order_ptr": "*i64", "order_out_ptr": "*i64"},
+            integers=("row_stride", "run_length", "n_runs", "out_length", "search_steps"),
+            constexprs={"BLOCK": BLOCKS.merge_block},
+            num_warps=BLOCKS.merge_warps,
+        )
     )
     return configs

@@ -4,6 +4,9 @@ Triton kernels of :mod:`tops.gpu.simple_gla.kernel` (forward) and
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal, NoReturn
+
 import torch
 
 from tops.backends import torch_device
@@ -14,6 +17,9 @@ from tops.spec.simple_gla import (
     check_device_cu_seqlens,
     validate,
 )
+
+# The tensor arguments of chunk_simple_gla and _ChunkSimpleGLA, in their order.
+_INPUT_NAMES = ("q", "k", "v", "g", "g_gamma", "initial_state", "cu_seqlens")
 
 
 def chunk_simple_gla(
@@ -27,7 +33,7 @@ def chunk_simple_gla(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     *,
-    chunk_size: int = 64,
+    chunk_size: Literal[64, 128] = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Simple GLA forward, chunked: ``h_t = exp(g_t + gamma) h_{t-1} + k_t^T v_t``,
     ``o_t = scale q_t h_t`` per sequence and head (the current token included).
@@ -56,7 +62,7 @@ def chunk_simple_gla(
     Returns:
       ``(o, final_state)``: ``o [B, T, H, V]`` in the dtype of ``v``; ``final_state`` f32
       ``[N, H, K, V]`` or None. The arithmetic (bf16 or tf32 tensor-core operands, f32
-      accumulation and state) is described in :mod:`tops.gpu.simple_gla.kernel`.
+      accumulation and state) is :mod:`tops.gpu.arith`'s.
       Differentiable: ``backward()`` through ``o`` and/or ``final_state`` gives the
       gradients w.r.t. ``q, k, v, g, g_gamma, initial_state`` in each input's dtype
       (``g_gamma``'s is the exact derivative, the sum over every position of its head's
@@ -87,33 +93,24 @@ def chunk_simple_gla(
         chunk_size=chunk_size,
         api="tops.gpu",
     )
-    named = {
-        "q": q,
-        "k": k,
-        "v": v,
-        "g": g,
-        "g_gamma": g_gamma,
-        "initial_state": initial_state,
-        "cu_seqlens": cu_seqlens,
-    }
-    for name, tensor in named.items():
+    inputs = (q, k, v, g, g_gamma, initial_state, cu_seqlens)
+    for name, tensor in zip(_INPUT_NAMES, inputs, strict=True):
         if tensor is not None:
             _require_device(name, tensor, q)
     if cu_seqlens is not None:
         _check_host_cu_seqlens(cu_seqlens, shapes.seq_len)
-    o, final_state = _ChunkSimpleGLA.apply(
-        q,
-        k,
-        v,
-        g,
-        g_gamma,
-        initial_state,
-        cu_seqlens,
-        shapes.scale,
-        bool(output_final_state),
-        int(chunk_size),
-    )
+    static = _Static(shapes.scale, bool(output_final_state), int(chunk_size))
+    o, final_state = _ChunkSimpleGLA.apply(static, *inputs)
     return o, final_state
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """The non-tensor arguments of :class:`_ChunkSimpleGLA`, resolved."""
+
+    scale: float
+    output_final_state: bool
+    chunk_size: int
 
 
 class _ChunkSimpleGLA(torch.autograd.Function):
@@ -125,10 +122,10 @@ class _ChunkSimpleGLA(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, output_final_state, chunk_size
-    ):
-        ctx.scale = scale
-        ctx.chunk_size = chunk_size
+        ctx: torch.autograd.function.FunctionCtx, static: _Static, *inputs: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v, g, g_gamma, initial_state, cu_seqlens = inputs
+        ctx.static = static
         ctx.has_g = g is not None
         ctx.has_gamma = g_gamma is not None
         ctx.has_h0 = initial_state is not None
@@ -140,13 +137,12 @@ class _ChunkSimpleGLA(torch.autograd.Function):
             o = torch.empty(v.shape, dtype=v.dtype, device=v.device)
             final_state = (
                 torch.zeros((0, heads, key_dim, value_dim), dtype=torch.float32, device=v.device)
-                if output_final_state
+                if static.output_final_state
                 else None
             )
             return o, final_state
         q, k, v, g, g_gamma, initial_state, cu_seqlens = (
-            None if t is None else t.contiguous()
-            for t in (q, k, v, g, g_gamma, initial_state, cu_seqlens)
+            None if t is None else t.contiguous() for t in inputs
         )
         o, final_state, states, _ = kernel.forward(
             q,
@@ -154,17 +150,19 @@ class _ChunkSimpleGLA(torch.autograd.Function):
             v,
             g,
             g_gamma,
-            scale,
+            static.scale,
             initial_state,
-            output_final_state,
+            static.output_final_state,
             cu_seqlens,
-            chunk_size,
+            static.chunk_size,
         )
         ctx.save_for_backward(q, k, v, g, g_gamma, initial_state, cu_seqlens, states)
         return o, final_state
 
     @staticmethod
-    def backward(ctx, do, dht):
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, do: torch.Tensor | None, dht: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         with torch.no_grad():  # the kernels' outputs; create_graph=True is handled below
             gradients = _gradients(ctx, saved, do, dht)
@@ -172,10 +170,15 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         sources = [t for t in (*inputs, do, dht) if t is not None and t.requires_grad]
         if torch.is_grad_enabled() and sources:
             gradients = _FirstDerivativesOnly.apply(len(sources), *sources, *gradients)
-        return (*gradients, None, None, None, None)
+        return (None, *gradients, None)  # static, q .. initial_state, cu_seqlens
 
 
-def _gradients(ctx, saved, do, dht):
+def _gradients(
+    ctx: torch.autograd.function.FunctionCtx,
+    saved: tuple[torch.Tensor | None, ...],
+    do: torch.Tensor | None,
+    dht: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, ...]:
     """``(dq, dk, dv, dg, dg_gamma, dh0)`` of :class:`_ChunkSimpleGLA` from its saved
     tensors and the cotangents of ``o`` and the final state (None for absent inputs)."""
     q, k, v, g, g_gamma, initial_state, *rest = saved
@@ -189,7 +192,7 @@ def _gradients(ctx, saved, do, dht):
     do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
     dht = None if dht is None else dht.to(torch.float32).contiguous()
     dq, dk, dv, dg, dg_gamma, dh0 = backward.backward(
-        q, k, v, g, g_gamma, ctx.scale, states, do, dht, cu_seqlens, ctx.chunk_size
+        q, k, v, g, g_gamma, ctx.static.scale, states, do, dht, cu_seqlens, ctx.static.chunk_size
     )
     return dq, dk, dv, dg, dg_gamma, (dh0 if ctx.has_h0 else None)
 
@@ -201,11 +204,13 @@ class _FirstDerivativesOnly(torch.autograd.Function):
     backward would fail without naming the limit (or silently miss this op's part)."""
 
     @staticmethod
-    def forward(ctx, num_sources, *tensors):
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, num_sources: int, *tensors: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         return tensors[num_sources:]
 
     @staticmethod
-    def backward(ctx, *cotangents):
+    def backward(ctx: torch.autograd.function.FunctionCtx, *cotangents: torch.Tensor) -> NoReturn:
         raise RuntimeError(FIRST_DERIVATIVES_ONLY)
 
 
@@ -213,7 +218,7 @@ def _check_host_cu_seqlens(cu_seqlens: torch.Tensor, seq_len: int) -> None:
     """ValueError for malformed offsets that can be read without a stall: a CPU tensor
     (every tensor under the interpreter), or a CUDA one when ``TOPS_CHECK_CU_SEQLENS``
     asks for the sync. Unchecked device offsets are repaired by the launchers
-    (:func:`tops.gpu.simple_gla.kernel.repair_cu_seqlens`)."""
+    (:func:`tops.gpu.simple_gla.common.repair_cu_seqlens`)."""
     if cu_seqlens.device.type == "cpu" or check_device_cu_seqlens():
         check_cu_seqlens(cu_seqlens.detach().cpu().numpy(), seq_len)
 

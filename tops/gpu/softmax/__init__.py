@@ -10,9 +10,12 @@ from tops.gpu.softmax import kernel
 from tops.spec.common import python_number, require_array
 from tops.spec.temperature_softmax import validate
 
+# A Python or NumPy number, or a float tensor of shape [] or [B].
+Temperature = float | torch.Tensor
+
 
 def temperature_softmax(
-    logits: torch.Tensor, temperature: float | torch.Tensor, *, out: torch.Tensor | None = None
+    logits: torch.Tensor, temperature: Temperature, *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``softmax(logits / T)`` per row, in float32, with the special rows of the contract.
 
@@ -51,7 +54,7 @@ def temperature_softmax(
     return out
 
 
-def temperature_softmax_(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+def temperature_softmax_(logits: torch.Tensor, temperature: Temperature) -> torch.Tensor:
     """In-place :func:`temperature_softmax`: writes the probabilities into ``logits``.
 
     Args:
@@ -107,7 +110,7 @@ class _TemperatureSoftmax(torch.autograd.Function):
         return dx.to(ctx.logits_dtype), None
 
 
-def _validate(logits, temperature) -> None:
+def _validate(logits: torch.Tensor, temperature: Temperature) -> None:
     require_array("logits", logits, "tops.gpu")
     if python_number(temperature) is None:
         require_array("temperature", temperature, "tops.gpu")
@@ -115,7 +118,7 @@ def _validate(logits, temperature) -> None:
     _require_device("logits", logits)
 
 
-def _forward(logits: torch.Tensor, temperature, out: torch.Tensor) -> torch.Tensor:
+def _forward(logits: torch.Tensor, temperature: Temperature, out: torch.Tensor) -> torch.Tensor:
     """Write the probabilities into ``out`` (``float32[B, V]``, rows not overlapping, may
     be ``logits``); returns the ``float32[B]`` temperatures used."""
     batch = logits.shape[0]
@@ -152,7 +155,7 @@ def _require_disjoint_rows(name: str, tensor: torch.Tensor) -> None:
         )
 
 
-def _check_out(out, logits: torch.Tensor) -> None:
+def _check_out(out: object, logits: torch.Tensor) -> None:
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"out must be a torch.Tensor, got {type(out).__name__}")
     expected = tuple(logits.shape)
@@ -165,7 +168,7 @@ def _check_out(out, logits: torch.Tensor) -> None:
     _require_disjoint_rows("out", out)
 
 
-def _temperature_rows(temperature, batch: int, device: torch.device) -> torch.Tensor:
+def _temperature_rows(temperature: Temperature, batch: int, device: torch.device) -> torch.Tensor:
     """``float32[batch]`` temperatures on ``device`` from a number or ``[]``/``[B]`` tensor."""
     value = python_number(temperature)
     if value is not None:

@@ -1,37 +1,25 @@
-"""Triton kernels for temperature softmax: one program per row, single- or multi-pass.
+"""Triton kernels for temperature softmax (the special rows and arithmetic of
+``tops.cpu.softmax``) and its backward, one program per row: every grid is ``(B,)``.
 
-Per row, with ``T = temperature[row]`` (float32), ``x`` the row in float32 and ``m`` the
-maximum over its non-NaN entries (the contract of ``tops.cpu.temperature_softmax``):
-
-1. ``T`` NaN, ``T < 0`` or a NaN in the row: the row is NaN.
-2. else ``m == -inf``: the row is zeros.
-3. else ``T < SMALLEST_NORMAL_F32``: one-hot at the first index where ``x == m``.
-4. else ``p = exp2(z) * (1 / sum(exp2(z)))`` with the exponent ``z`` of :func:`_exponent`,
-   masked before ``exp2`` and scaled by ``c = LOG2E / T`` (computed once per row;
-   ``c = 0`` for ``T >= UNIFORM_TEMPERATURE``, which gives a uniform row).
-
-The maximum is taken over the raw logits, never over ``x / T``. NaN detection is explicit
-(``x != x``) and the maximum is taken over ``where(isnan, -inf, x)``, so no result depends
-on how a backend's max treats NaN. Divisions use ``tl.math.div_rn`` (IEEE rounding), so
-the interpreter and native code round them identically.
-
-Both kernels accept ``out`` aliasing ``logits`` (in place): every element is read by the
-same program before it is written.
-
-Backward kernels (same single/multi-pass split): ``dx = p * (g - s) / T`` from the saved
-probabilities ``p`` and their cotangent ``g``, ``s = sum(p * g) / sum(p)`` summed in
-double-float32 by a fixed pairwise tree of error-free additions, compiled without FMA
-contraction (``GRAD_OPTIONS``): the arithmetic of the Pallas backward.
+* :func:`_single_pass_kernel`: the row as one ``[BLOCK_V]`` block (``V`` padded to a power
+  of two), read once, then written; :func:`_multi_pass_kernel`: ``[BLOCK_V]`` chunks of the
+  row, each read twice (online max and sum, then the probabilities) and written once.
+  Every element is read before it is written, so ``out`` may alias ``logits``.
+* :func:`_grad_single_pass_kernel`, :func:`_grad_multi_pass_kernel`: the same blocks of
+  ``p``, ``g`` and ``dx`` (float32) for ``dx = p * (g - s) / T``, ``s = sum(p * g) /
+  sum(p)`` in double-float32, the arithmetic of the Pallas backward.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from tops.compile_only import TritonConfig
 from tops.gpu.arith import exp2
 from tops.gpu.exact import upcast
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
@@ -42,25 +30,31 @@ _TINY = tl.constexpr(SMALLEST_NORMAL_F32)
 _UNIFORM_T = tl.constexpr(UNIFORM_TEMPERATURE)
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
-# Largest V handled by the single-pass kernel, which holds the whole row (padded to a power
-# of two) in registers. Chosen by register-pressure reasoning, not measured (no GPU was at
-# hand): at 16384 elements and 16 warps (512 threads, so at most 128 registers a thread)
-# each thread holds 32 values per live row tensor; ptxas for sm_90 fits that in the 128
-# registers (at most a 16-byte stack spill for f32 logits). A larger row would need more
-# warps than a program may have or would spill, while the multi-pass kernel only reads the
-# row a second time (mostly from L2). The benchmark script sweeps this threshold.
-SINGLE_PASS_MAX_V = 16384
-# Chunk length of the multi-pass kernel (8 warps, 16 f32 values per thread per chunk).
-MULTI_PASS_BLOCK_V = 4096
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxBlocks:
+    """Launch constants of the temperature-softmax kernels."""
+
+    # Largest V of the single-pass kernels, which hold the whole row (padded to a power of
+    # two) in registers. Chosen by register-pressure reasoning, not measured: at 16384
+    # elements and 16 warps each thread holds 32 values per live row tensor, which ptxas
+    # for sm_90 fits in 128 registers (at most a 16-byte stack spill for f32 logits); a
+    # larger row would spill, while the multi-pass kernel only reads the row a second
+    # time (mostly from L2). scripts/bench_temperature_softmax.py sweeps this threshold.
+    single_pass_max_v: int = 16384
+    # Chunk of the multi-pass kernels: 16 f32 values a thread at 8 warps.
+    multi_pass_block_v: int = 4096
+
+    def num_warps(self, block_v: int) -> int:
+        """Warps per program for a block of ``block_v`` elements."""
+        if block_v <= 2048:
+            return 4
+        if block_v <= 8192:
+            return 8
+        return 16
 
 
-def num_warps_for(block_v: int) -> int:
-    """Warps per program for a block of ``block_v`` elements."""
-    if block_v <= 2048:
-        return 4
-    if block_v <= 8192:
-        return 8
-    return 16
+BLOCKS = SoftmaxBlocks()
 
 
 @triton.jit
@@ -96,8 +90,22 @@ def _row_scale(t):
     t_bad = (t != t) | (t < 0.0)
     greedy = t < _TINY
     t_safe = tl.where(t_bad | greedy, 1.0, t)
+    # div_rn (IEEE rounding): the interpreter and native code round it identically.
     c = tl.math.div_rn(tl.full((), _LOG2E, tl.float32), t_safe)
     return t_bad, greedy, tl.where(t >= _UNIFORM_T, 0.0, c)
+
+
+@triton.jit
+def _row_max(x, offs, mask, not_found):
+    """``(has_nan, m, first)`` of a block of float32 ``x`` at columns ``offs``: int32 1 if
+    it holds a NaN, the maximum over its non-NaN entries (``-inf`` if none), and the first
+    column of ``mask`` where ``x == m`` (``not_found`` if none). NaN is tested
+    explicitly, so no result depends on how a backend's max treats NaN."""
+    is_nan = x != x
+    xm = tl.where(is_nan, float("-inf"), x)
+    m = tl.max(xm, axis=0)
+    first = tl.min(tl.where((xm == m) & mask, offs, not_found), axis=0)
+    return tl.max(is_nan.to(tl.int32), axis=0), m, first
 
 
 @triton.jit
@@ -136,11 +144,7 @@ def _single_pass_kernel(
     t = tl.load(temperature_ptr + row)
     t_bad, greedy, c = _row_scale(t)
 
-    is_nan = x != x
-    has_nan = tl.max(is_nan.to(tl.int32), axis=0) > 0
-    xm = tl.where(is_nan, float("-inf"), x)
-    m = tl.max(xm, axis=0)
-    first_max = tl.min(tl.where((xm == m) & mask, offs, BLOCK_V), axis=0)
+    nan_count, m, first_max = _row_max(x, offs, mask, BLOCK_V)
 
     z = _exponent(x, m, c)
     e = exp2(z)
@@ -148,7 +152,7 @@ def _single_pass_kernel(
     inv = tl.math.div_rn(1.0, tl.where(s > 0.0, s, 1.0))
     p = e * inv
 
-    p = _special_rows(p, offs, first_max, greedy, m == float("-inf"), t_bad | has_nan)
+    p = _special_rows(p, offs, first_max, greedy, m == float("-inf"), t_bad | (nan_count > 0))
     tl.store(out_ptr + row * out_row_stride + offs, p, mask=mask)
 
 
@@ -192,11 +196,8 @@ def _multi_pass_kernel(
         offs = start + chunk
         mask = offs < V
         x = upcast(tl.load(x_row + offs, mask=mask, other=float("-inf")))
-        is_nan = x != x
-        nan_run = tl.maximum(nan_run, tl.max(is_nan.to(tl.int32), axis=0))
-        xm = tl.where(is_nan, float("-inf"), x)
-        m_chunk = tl.max(xm, axis=0)
-        arg_chunk = tl.min(tl.where((xm == m_chunk) & mask, offs, V), axis=0)
+        nan_chunk, m_chunk, arg_chunk = _row_max(x, offs, mask, V)
+        nan_run = tl.maximum(nan_run, nan_chunk)
         arg_run = tl.where(m_chunk > m_run, arg_chunk, arg_run)
         m_new = tl.maximum(m_run, m_chunk)
         # Rescale exponent of the running sum; operands made finite before subtracting.
@@ -229,32 +230,34 @@ def launch(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -
       temperature: ``float32[B]``, contiguous, on the logits' device.
       out: ``float32[B, V]``, last dim contiguous, rows not overlapping; may be ``logits``.
     """
-    if logits.shape[1] <= SINGLE_PASS_MAX_V:
+    if logits.shape[1] <= BLOCKS.single_pass_max_v:
         launch_single_pass(logits, temperature, out)
     else:
         launch_multi_pass(logits, temperature, out)
 
 
-def _row_args(logits, temperature, out) -> tuple:
+def _row_args(
+    logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int]:
     """The runtime arguments both kernels take, in order."""
     return (logits, temperature, out, logits.shape[1], logits.stride(0), out.stride(0))
 
 
-def launch_single_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor):
+def launch_single_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -> None:
     """:func:`launch` forced onto the single-pass kernel (any ``V``; for benchmarks)."""
     batch, vocab = logits.shape
     block_v = triton.next_power_of_2(vocab)
     _single_pass_kernel[(batch,)](
-        *_row_args(logits, temperature, out), BLOCK_V=block_v, num_warps=num_warps_for(block_v)
+        *_row_args(logits, temperature, out), BLOCK_V=block_v, num_warps=BLOCKS.num_warps(block_v)
     )
 
 
-def launch_multi_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor):
+def launch_multi_pass(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -> None:
     """:func:`launch` forced onto the multi-pass kernel (any ``V``; for benchmarks)."""
     _multi_pass_kernel[(logits.shape[0],)](
         *_row_args(logits, temperature, out),
-        BLOCK_V=MULTI_PASS_BLOCK_V,
-        num_warps=num_warps_for(MULTI_PASS_BLOCK_V),
+        BLOCK_V=BLOCKS.multi_pass_block_v,
+        num_warps=BLOCKS.num_warps(BLOCKS.multi_pass_block_v),
     )
 
 
@@ -424,10 +427,10 @@ def launch_grad(
       dx: ``float32[B, V]``, contiguous.
     """
     batch, vocab = probs.shape
-    if vocab <= SINGLE_PASS_MAX_V:
+    if vocab <= BLOCKS.single_pass_max_v:
         kernel, block_v = _grad_single_pass_kernel, triton.next_power_of_2(vocab)
     else:
-        kernel, block_v = _grad_multi_pass_kernel, MULTI_PASS_BLOCK_V
+        kernel, block_v = _grad_multi_pass_kernel, BLOCKS.multi_pass_block_v
     kernel[(batch,)](
         probs,
         cotangent,
@@ -436,57 +439,46 @@ def launch_grad(
         vocab,
         BLOCK_V=block_v,
         LOG2_BLOCK_V=block_v.bit_length() - 1,
-        num_warps=num_warps_for(block_v),
+        num_warps=BLOCKS.num_warps(block_v),
         **GRAD_OPTIONS,
     )
 
 
-def compile_configs() -> list[dict]:
-    """Every shipped kernel configuration, for the compile-only checks.
-
-    Each logits dtype (bf16, f16, f32) for the single-pass kernel at the smallest (1) and
-    largest (``SINGLE_PASS_MAX_V``) block it can pick, and for the multi-pass kernel at
-    ``MULTI_PASS_BLOCK_V``, each with the warps it launches with; the same three blocks for
-    the float32 backward kernels, with their ``options`` (``enable_fp_fusion=False``).
-    Entries: ``{"name", "kernel", "signature", "constexprs", "num_warps"[, "options"]}``.
-    """
+def shipped_configs() -> list[TritonConfig]:
+    """Every shipped kernel configuration at the warps it launches with: per logits dtype
+    the single-pass kernel at its smallest (1) and largest (``single_pass_max_v``) block
+    and the multi-pass kernel at ``multi_pass_block_v``; the same three blocks for the
+    float32 backward kernels, compiled with ``GRAD_OPTIONS``."""
+    single, multi = (1, BLOCKS.single_pass_max_v), BLOCKS.multi_pass_block_v
+    forward = [(_single_pass_kernel, b) for b in single] + [(_multi_pass_kernel, multi)]
+    backward = [(_grad_single_pass_kernel, b) for b in single] + [(_grad_multi_pass_kernel, multi)]
     configs = []
     for dtype in ("bf16", "fp16", "fp32"):
-        signature = {
-            "logits_ptr": f"*{dtype}",
-            "temperature_ptr": "*fp32",
-            "out_ptr": "*fp32",
-            "V": "i32",
-            "logits_row_stride": "i32",
-            "out_row_stride": "i32",
-            "BLOCK_V": "constexpr",
-        }
-        shipped = [(_single_pass_kernel, 1), (_single_pass_kernel, SINGLE_PASS_MAX_V)]
-        shipped.append((_multi_pass_kernel, MULTI_PASS_BLOCK_V))
-        for kernel, block_v in shipped:
+        for kernel, block_v in forward:
             configs.append(
-                {
-                    "name": f"{kernel.__name__.strip('_')}_{dtype}_BLOCK{block_v}",
-                    "kernel": kernel,
-                    "signature": dict(signature),
-                    "constexprs": {"BLOCK_V": block_v},
-                    "num_warps": num_warps_for(block_v),
-                }
+                TritonConfig.build(
+                    f"{kernel.__name__.strip('_')}_{dtype}_BLOCK{block_v}",
+                    kernel,
+                    pointers={
+                        "logits_ptr": f"*{dtype}",
+                        "temperature_ptr": "*fp32",
+                        "out_ptr": "*fp32",
+                    },
+                    integers=("V", "logits_row_stride", "out_row_stride"),
+                    constexprs={"BLOCK_V": block_v},
+                    num_warps=BLOCKS.num_warps(block_v),
+                )
             )
-    grad_signature = dict.fromkeys(("p_ptr", "g_ptr", "temperature_ptr", "dx_ptr"), "*fp32")
-    grad_signature.update(V="i32", BLOCK_V="constexpr", LOG2_BLOCK_V="constexpr")
-    shipped = [(_grad_single_pass_kernel, 1), (_grad_single_pass_kernel, SINGLE_PASS_MAX_V)]
-    shipped.append((_grad_multi_pass_kernel, MULTI_PASS_BLOCK_V))
-    for kernel, block_v in shipped:
-        num_warps = num_warps_for(block_v)
+    for kernel, block_v in backward:
         configs.append(
-            {
-                "name": f"{kernel.__name__.strip('_')}_fp32_BLOCK{block_v}",
-                "kernel": kernel,
-                "signature": dict(grad_signature),
-                "constexprs": {"BLOCK_V": block_v, "LOG2_BLOCK_V": block_v.bit_length() - 1},
-                "num_warps": num_warps,
-                "options": {"num_warps": num_warps, **GRAD_OPTIONS},
-            }
+            TritonConfig.build(
+                f"{kernel.__name__.strip('_')}_fp32_BLOCK{block_v}",
+                kernel,
+                pointers=dict.fromkeys(("p_ptr", "g_ptr", "temperature_ptr", "dx_ptr"), "*fp32"),
+                integers=("V",),
+                constexprs={"BLOCK_V": block_v, "LOG2_BLOCK_V": block_v.bit_length() - 1},
+                num_warps=BLOCKS.num_warps(block_v),
+                **GRAD_OPTIONS,
+            )
         )
     return configs

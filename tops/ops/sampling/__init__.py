@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections import OrderedDict
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,11 @@ from tops.ops.selection import topk
 from tops.ops.selection.kernel import sortable_key
 from tops.spec.common import require_bool
 from tops.spec.sampling import validate, validate_weights
+
+# A per-row parameter: a Python or NumPy number, or an array [B] or [] (tops.spec.sampling).
+Parameter = float | int | jax.Array | np.ndarray
+# What sample returns: (next_tokens, valid), and with debug=True the debug arrays too.
+SampleResult = tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, OrderedDict[str, Any]]
 
 
 def _row_floats(value, batch):
@@ -73,7 +79,20 @@ def _row_k(top_k, batch, vocab, cap):
     return jnp.broadcast_to(jnp.minimum(k, cap), (batch,))
 
 
-def _pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step):
+def pack_params(
+    batch: int,
+    vocab: int,
+    cap: int,
+    temperature: Parameter,
+    top_p: Parameter,
+    min_p: Parameter,
+    top_k: Parameter,
+    seed: Parameter,
+    step: Parameter,
+) -> jax.Array:
+    """The kernels' per-row parameters, int32 ``[B, kernel.PARAMS]``: float32 bits of
+    ``temperature``, ``top_p``, ``min_p``; the effective ``k`` (at most ``cap``); ``seed``
+    and ``step`` modulo 2**32."""
     columns = [None] * kernel.PARAMS
     columns[kernel.P_TEMPERATURE] = _row_floats(temperature, batch)
     columns[kernel.P_TOP_P] = _row_floats(top_p, batch)
@@ -83,10 +102,6 @@ def _pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step
     columns[kernel.P_STEP] = _row_words(step, batch)
     zeros = jnp.zeros((batch,), jnp.int32)
     return jnp.stack([zeros if c is None else c.astype(jnp.int32) for c in columns], axis=1)
-
-
-# A per-row parameter: a Python or NumPy number, or an array [B] or [] (tops.spec.sampling).
-Parameter = float | int | jax.Array | np.ndarray
 
 
 def sample(
@@ -100,7 +115,7 @@ def sample(
     min_p: Parameter = 0.0,
     max_k: int | None = None,
     debug: bool = False,
-):
+) -> SampleResult:
     """Sample one token per row with the semantics of ``tops.cpu.sampling.sample``.
 
     Args:
@@ -137,7 +152,7 @@ def sample(
     if batch == 0:
         return _empty(logits, debug)
     cap = vocab if max_k is None else max_k
-    params = _pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step)
+    params = pack_params(batch, vocab, cap, temperature, top_p, min_p, top_k, seed, step)
     # The kernels are 32-bit: under jax_enable_x64 their Python ints and default dtypes
     # would trace as 64-bit, so they are traced with it off (params is int32 already).
     with jax.enable_x64(False):
@@ -157,7 +172,7 @@ def integer_weights(logits: jax.Array | np.ndarray, temperature: Parameter) -> j
     batch, vocab = logits.shape
     if batch == 0:
         return jnp.zeros((0, vocab), jnp.int32)
-    params = _pack_params(batch, vocab, vocab, temperature, 1.0, 0.0, 0, 0, 0)
+    params = pack_params(batch, vocab, vocab, temperature, 1.0, 0.0, 0, 0, 0)
     with jax.enable_x64(False):  # as in sample()
         return _integer_weights(logits, params, interpret=pallas_interpret())
 

@@ -1,6 +1,10 @@
 """The bounded-k sampler (static ``max_k <= 256``): a Pallas kernel over the survivors of
 the top-k op (``tops.ops.topk`` with per-row ``k``), beside its launcher.
 
+Grid ``(cdiv(B, 8),)``. Blocks: parameters ``(8, PARAMS)``, row statistics and per-row
+results ``(8, 128)`` int32; survivors' float32 values, int32 indices and int32
+probabilities ``(8, roundup(max_k, 128))``.
+
 The survivors of a row are at most ``max_k`` entries (value, vocabulary index), in the
 top-k order; entries past the row's ``k`` carry index -1 and are ignored. Everything the
 sampler decides is pairwise on survivors, O(max_k**2) per row, with no sort:
@@ -25,6 +29,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from tops.ops.half import rows_per_block
 from tops.ops.sampling.kernel import (
     INT32_MAX,
     LANES,
@@ -47,7 +52,6 @@ from tops.ops.sampling.kernel import (
     top_p_parameters,
 )
 
-ROWS = 8  # survivors are float32: 8 sublanes per block
 # Lanes of the per-row output block.
 R_TOKEN, R_DRAWN_HI, R_DRAWN_LO = range(3)
 
@@ -121,13 +125,14 @@ def sample_survivors(values, indices, params, stats, *, interpret):
     ``(8, 128)`` parameter blocks, double-buffered: under 64 KiB at ``max_k = 256``; the
     pairwise loops keep a few ``(8, Kp)`` arrays live."""
     batch, max_k = values.shape
+    rows = rows_per_block(values.dtype)
     width = pl.cdiv(max_k, LANES) * LANES
-    survivors = pl.BlockSpec((ROWS, width), lambda i: (i, 0))
-    row_block = pl.BlockSpec((ROWS, LANES), lambda i: (i, 0))
+    survivors = pl.BlockSpec((rows, width), lambda i: (i, 0))
+    row_block = pl.BlockSpec((rows, LANES), lambda i: (i, 0))
     return pl.pallas_call(
         functools.partial(_bounded_kernel, max_k=max_k),
-        grid=(pl.cdiv(batch, ROWS),),
-        in_specs=[pl.BlockSpec((ROWS, PARAMS), lambda i: (i, 0)), row_block, survivors, survivors],
+        grid=(pl.cdiv(batch, rows),),
+        in_specs=[pl.BlockSpec((rows, PARAMS), lambda i: (i, 0)), row_block, survivors, survivors],
         out_specs=[survivors, row_block],
         out_shape=[
             jax.ShapeDtypeStruct((batch, max_k), jnp.int32),

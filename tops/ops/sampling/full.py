@@ -1,11 +1,12 @@
 """The arbitrary-k sampler (``max_k=None``): one Pallas kernel over whole rows, beside
 its launcher.
 
-A block of ``R`` rows (8 for float32 logits, 16 for the 16-bit dtypes) stays in VMEM,
-``Vp = roundup(V, chunk)`` columns, and every step is a walk over the row in chunks of
-``8192 / R`` columns (8 vregs of 32-bit values). Every threshold is found by a bitwise
-binary search whose predicate is a count or an int32-limb sum over the row, so nothing
-is sorted and no step depends on float order:
+Grid ``(cdiv(B, R),)``, ``R = half.rows_per_block``. Blocks: parameters ``(R, PARAMS)``
+and row statistics ``(R, 128)`` int32, logits ``(R, Vp)`` whole rows (``Vp = roundup(V,
+chunk)``), per-row results ``(R, 128)`` int32; scratch: the weights ``(R, Vp)`` int32.
+Every step is a walk over the row in chunks of ``8192 / R`` columns. Every threshold is
+found by a bitwise binary search whose predicate is a count or an int32-limb sum over the
+row, so nothing is sorted and no step depends on float order:
 
 1. top-k (rows with ``k < V``): the k-th largest key ``t*`` in the top-k order, the
    largest int32 ``t`` with ``count(key >= t) >= k`` (32 steps over the unsigned-offset
@@ -28,20 +29,6 @@ found with ``debug`` for the debug array), and steps 1 and 3 run only where some
 the block needs them. The per-row results (token, draw, ``t*``, ``c``, ``L``) leave the
 kernel in one ``(R, 128)`` block; the debug arrays are rebuilt from them in the wrapper
 (``integer_weights`` masked by ``kept`` and ``q >= L``).
-
-VMEM (per block): the input rows double-buffered, ``2 R Vp itemsize``, plus the int32
-weights ``R Vp 4``: at ``V = 2**18``, 16 + 8 = 24 MiB for float32 (R = 8) and 16 + 16 =
-32 MiB for bf16/f16 (R = 16), inside the 64 MiB of v5p, the smallest of the supported
-chips (``tops.compile_only.TPU_CHIPS``; the compiler used 24.1 MiB for bf16 on v6e);
-``vmem_limit_bytes`` is set to that plus 8 MiB. v4 (16 MiB) is not supported: the row
-would have to stream through VMEM instead.
-
-Cost: walks over the VMEM-resident rows, ``b = ceil(log2 Vp)`` (17 at V = 128256): 32 + 1
-+ b (top-k) + 1 (weights) + 31 (top-p) + 1 (``S'``) + b (token) = 100 with top-k and
-top-p on, 2 + b = 19 with both off, each a few to about 40 VPU operations per element
-(the weight walk evaluates the polynomial); nothing was measured on a TPU. HBM: the
-statistics kernel and this kernel each read the logits once; with ``debug`` the
-integer-weights kernel reads them a third time and writes the ``[B, V]`` weights.
 """
 
 from __future__ import annotations
@@ -54,8 +41,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tops.ops.half import kernel_operand, to_float32
+from tops.ops.half import kernel_operand, rows_per_block, to_float32
 from tops.ops.sampling.kernel import (
+    BLOCKS,
     LANES,
     PARAMS,
     PROB_ONE,
@@ -73,7 +61,6 @@ from tops.ops.sampling.kernel import (
     log2_scale,
     min_p_threshold,
     quantize,
-    rows_per_block,
     top_p_bound,
     top_p_parameters,
 )
@@ -227,7 +214,10 @@ def sample_rows(logits, params, stats, *, interpret, debug=True):
     chunk = chunk_width(vocab, rows)
     width = pl.cdiv(vocab, chunk) * chunk
     row_block = pl.BlockSpec((rows, LANES), lambda i: (i, 0))
-    vmem = 2 * rows * width * logits.dtype.itemsize + rows * width * 4 + 8 * 2**20
+    # The rows double-buffered and the int32 weights: at V = 2**18, 24 MiB for float32
+    # (R = 8), 32 MiB for 16-bit logits (R = 16), inside v5p's 64 MiB, the smallest VMEM
+    # of tops.compile_only.TPU_CHIPS.
+    vmem = 2 * rows * width * logits.dtype.itemsize + rows * width * 4 + BLOCKS.vmem_headroom_bytes
     return pl.pallas_call(
         functools.partial(_full_kernel, batch=batch, vocab=vocab, chunk=chunk, debug=debug),
         grid=(pl.cdiv(batch, rows),),

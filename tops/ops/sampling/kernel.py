@@ -1,50 +1,19 @@
-"""Shared arithmetic of the Pallas sampling kernels, the row-statistics kernel and the
-integer-weights kernel, each kernel beside its launcher.
+"""The exact arithmetic shared by the Pallas sampling kernels, the row-statistics kernel
+and the integer-weights kernel, each kernel beside its launcher.
 
-Exactness. Every value that decides a token is integer arithmetic on int32 or the float32
-sequence of ``tops/cpu/sampling.py`` (the executable definition), written here once and
-called by every kernel (:func:`log2_scale`, :func:`quantize`, :func:`threefry2x32`, the
-int32-limb helpers).
-
-No fused multiply-add. The reference rounds every float32 product before the add that
-follows (NumPy never contracts). XLA:CPU, which runs interpret mode, *does* contract a
-bare ``c + a * b`` into an FMA (jax 0.10.2 on x86: 23% of random float32 triples differ
-from NumPy; ``test_tpu_a_contracted_multiply_add_is_caught`` shows the integer weights
-going wrong without the guard). Mosaic is not known to contract, and TPU v5e and earlier
-have no float32 FMA, but that is not relied on either: every product that feeds an add
-(the Newton steps of the reciprocal, the Horner steps of the polynomial) goes through
-:func:`_unfused_product`, a clamp to ``[-2**64, 2**64]`` that is the identity on those
-products (at most 2 in magnitude) and that no compiler can fold, so the multiply and the
-add are rounded separately on every platform. The other products (``d * s``, ``r *
-2**(30 - n)``, ``(w - n) * LN2``, the parameter scalings) feed no add. Division and
-transcendentals are never used.
-
-Subnormals: TPUs flush them, XLA:CPU may or may not; the reference flushes ``x``, ``m``,
-``d`` and ``w`` explicitly, and so do these kernels, by a bit test on the exponent field,
-so the result does not depend on the platform's denormal mode (the only other subnormal
-that can arise, ``t = f ln 2`` for ``w`` near ``2**-126``, and its products in the
-Horner steps, are absorbed by the Horner additions either way).
-
-Integers past 2**31 (sums of up to ``2**18`` weights of at most ``2**30``, below
-``2**48``) are carried as two canonical int32 limbs ``(hi, lo)``, value ``hi * 2**24 +
-lo`` with ``0 <= lo < 2**24``: adding up to 128 canonical values never overflows, and
-every accumulator is renormalised (carry ``lo >> 24`` into ``hi``) after each addition.
-The top-p comparison ``A * 2**16 < p16 * S`` (up to 2**64) becomes ``A <= floor((p16 S
-- 1) / 2**16)``, computed once per row in 12-bit limbs (:func:`top_p_bound`). JAX's x64
-mode is never needed.
-
-Randomness. ``pltpu.prng_random_bits`` returns zeros in interpret mode, so threefry2x32
-is written out with int32 add, xor and shifts (wrapping add, logical right shift): the
-same bits everywhere. A row's 64 rejection-sampling attempts are computed at once, one
-per lane (:func:`draw`).
-
-Kernels here: :func:`_stats_kernel` (per row: the top-k order's maximum key, its first
-index, validity) and :func:`_weights_kernel` (``integer_weights``). The samplers are in
-``bounded.py`` (survivors of the top-k op) and ``full.py`` (whole vocabulary).
+Every value that decides a token is int32 arithmetic or the float32 sequence of
+``tops/cpu/sampling.py``, written here once (:func:`log2_scale`, :func:`quantize`,
+:func:`threefry2x32`, the int32-limb helpers). Both kernels run the grid ``(cdiv(B, R),
+cdiv(V, BV))``, ``R = half.rows_per_block``, ``BV`` from ``BLOCKS``: ``_stats_kernel``
+reads logits ``(R, BV)`` and writes ``(R, 128)`` int32 row statistics at the last
+vocabulary block; ``_weights_kernel`` reads parameters ``(R, PARAMS)``, statistics
+``(R, 128)`` and logits ``(R, BV)`` and writes ``(R, BV)`` int32 weights. The samplers
+are in ``bounded.py`` (survivors of the top-k op) and ``full.py`` (whole rows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -54,7 +23,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tops.ops.half import kernel_operand, to_float32
+from tops.compile_only import PallasConfig
+from tops.ops.half import kernel_operand, rows_per_block, to_float32
 from tops.ops.selection.kernel import EMPTY_KEY, sortable_key
 from tops.spec.sampling import (
     EXP_COEFFICIENTS,
@@ -85,21 +55,27 @@ PARAMS = 8
 P_TEMPERATURE, P_TOP_P, P_MIN_P, P_TOP_K, P_SEED, P_STEP = range(6)
 # Per-row statistics [B, 128] int32 (lanes): the maximum key, its first index, validity.
 S_MAX_KEY, S_GREEDY, S_VALID = range(3)
-# Elements per loop step of the vocabulary walks: 8 vregs of 32-bit values.
-CHUNK_ELEMENTS = 8 * 1024
-# Vocabulary block of the statistics and integer-weights kernels, in chunks.
-BLOCK_CHUNKS = 16
 
 
-def rows_per_block(dtype) -> int:
-    """Sublane rows per block: 8 for 32-bit logits, 16 for packed 16-bit logits."""
-    return 8 if jnp.dtype(dtype).itemsize == 4 else 16
+@dataclasses.dataclass(frozen=True)
+class SamplingBlocks:
+    """Launch constants of the sampling kernels."""
+
+    # Elements per loop step of the vocabulary walks: 8 vregs of 32-bit values.
+    chunk_elements: int = 8 * 1024
+    # Vocabulary block of the statistics and integer-weights kernels, in chunks.
+    block_chunks: int = 16
+    # VMEM headroom of the whole-row sampler above its rows and weights.
+    vmem_headroom_bytes: int = 8 * 2**20
+
+
+BLOCKS = SamplingBlocks()
 
 
 def chunk_width(vocab: int, rows: int) -> int:
-    """Columns per loop step: ``CHUNK_ELEMENTS / rows`` (1024 or 512), or the 128-padded
-    row when narrower."""
-    return min(CHUNK_ELEMENTS // rows, pl.cdiv(vocab, LANES) * LANES)
+    """Columns per loop step: ``BLOCKS.chunk_elements / rows`` (1024 or 512), or the
+    128-padded row when narrower."""
+    return min(BLOCKS.chunk_elements // rows, pl.cdiv(vocab, LANES) * LANES)
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,13 +94,18 @@ def _unfused_product(a, b):
     """``a * b`` rounded on its own, for ``|a * b| <= 2**64`` (here at most 2): the clamp
     to ``[-2**64, 2**64]`` is the identity on such products, and it stands between the
     multiply and the add that follows, so no compiler can contract the two into a fused
-    multiply-add (XLA:CPU does contract a bare ``c + a * b``; a test shows it)."""
+    multiply-add. The reference (NumPy) never contracts; XLA:CPU, which runs interpret
+    mode, does contract a bare ``c + a * b``
+    (``test_tpu_a_contracted_multiply_add_is_caught``). Every product that feeds an add
+    (Newton steps, Horner steps) goes through here; the others feed no add."""
     limit = jnp.float32(2.0**64)
     return jnp.maximum(jnp.minimum(a * b, limit), -limit)
 
 
 def flush_subnormal(a):
-    """float32 ``a`` with zeros and subnormals replaced by ``+0.0`` (exponent-field test)."""
+    """float32 ``a`` with zeros and subnormals replaced by ``+0.0`` (exponent-field test),
+    as the reference flushes ``x``, ``m``, ``d`` and ``w``: TPUs flush subnormals, XLA:CPU
+    may not, and the result must not depend on the platform's denormal mode."""
     return jnp.where((_i32(a) & _EXPONENT_MASK) == 0, jnp.float32(0), a)
 
 
@@ -188,7 +169,9 @@ def top_p_parameters(top_p):
 
 
 # ---------------------------------------------------------------------------------------
-# Integers below 2**48 as two int32 limbs (hi, lo): value hi * 2**24 + lo.
+# Integers below 2**48 (sums of up to 2**18 weights of at most 2**30) as two int32 limbs
+# (hi, lo): value hi * 2**24 + lo, 0 <= lo < 2**24, renormalised after each addition, so
+# JAX's x64 mode is never needed.
 
 
 def limb_split(q):
@@ -262,7 +245,8 @@ def top_p_bound(total, p16):
 
 
 # ---------------------------------------------------------------------------------------
-# threefry2x32 and the draw.
+# threefry2x32 and the draw. pltpu.prng_random_bits returns zeros in interpret mode, so
+# threefry2x32 is written out with int32 add, xor and shifts: the same bits everywhere.
 
 
 def _rotate_left(x, r):
@@ -296,9 +280,10 @@ def _bit_length_24(value):
 
 
 def draw(seed, step, total):
-    """Rejection sampling of a uniform integer in ``[0, total)`` (reference ``_draw``),
-    rows ``(R, 1)``: ``seed``, ``step`` int32 bit patterns, ``total >= 1`` canonical
-    limbs; returns canonical limbs. Attempt ``a`` is lane ``a`` of one threefry call."""
+    """Rejection sampling of a uniform integer in ``[0, total)`` (reference
+    ``tops.cpu.sampling.draw``), rows ``(R, 1)``: ``seed``, ``step`` int32 bit patterns,
+    ``total >= 1`` canonical limbs; returns canonical limbs. Attempt ``a`` is lane ``a`` of
+    one threefry call."""
     rows = seed.shape[0]
     lane = lax.broadcasted_iota(jnp.int32, (rows, LANES), 1)
     hi, lo = threefry2x32(seed, step, lane, jnp.zeros_like(lane))
@@ -436,23 +421,26 @@ def _stats_kernel(x_ref, out_ref, key_acc, index_acc, flag_acc, *, vocab, chunk)
         out_ref[...] = lanes_of(rows, max_key, first, ~any_nan & any_finite)
 
 
-def _vocab_blocks(vocab, rows):
+def _vocab_blocks(logits: jax.Array) -> tuple[int, int, int, tuple[int, int]]:
+    """``(R, chunk, BV, grid)`` of the kernels that walk ``logits [B, V]`` in vocabulary
+    blocks of ``BLOCKS.block_chunks`` chunks, grid ``(cdiv(B, R), cdiv(V, BV))``."""
+    batch, vocab = logits.shape
+    rows = rows_per_block(logits.dtype)
     chunk = chunk_width(vocab, rows)
-    block = min(pl.cdiv(vocab, chunk), BLOCK_CHUNKS) * chunk
-    return chunk, block
+    block = min(pl.cdiv(vocab, chunk), BLOCKS.block_chunks) * chunk
+    return rows, chunk, block, (pl.cdiv(batch, rows), pl.cdiv(vocab, block))
 
 
 def row_stats(logits, *, interpret):
     """Launch :func:`_stats_kernel` on ``logits [B >= 1, V]``: int32 ``[B, 128]``.
 
-    ``BV = BLOCK_CHUNKS`` chunks of ``8192 / R`` columns (16384 for float32, 8192 for the
-    16-bit dtypes): 512 KiB or 256 KiB per input buffer, 96 KiB of scratch."""
+    ``BV = BLOCKS.block_chunks`` chunks of ``8192 / R`` columns (16384 for float32, 8192
+    for the 16-bit dtypes): 512 KiB or 256 KiB per input buffer, 96 KiB of scratch."""
     batch, vocab = logits.shape
-    rows = rows_per_block(logits.dtype)
-    chunk, block = _vocab_blocks(vocab, rows)
+    rows, chunk, block, grid = _vocab_blocks(logits)
     return pl.pallas_call(
         functools.partial(_stats_kernel, vocab=vocab, chunk=chunk),
-        grid=(pl.cdiv(batch, rows), pl.cdiv(vocab, block)),
+        grid=grid,
         in_specs=[pl.BlockSpec((rows, block), lambda i, j: (i, j))],
         out_specs=pl.BlockSpec((rows, LANES), lambda i, j: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((batch, LANES), jnp.int32),
@@ -499,11 +487,10 @@ def integer_weights_from_stats(logits, params, stats, *, interpret):
     ``stats [B, 128]`` (``row_stats``); int32 ``[B, V]``. Blocks as in :func:`row_stats`;
     the int32 output block is 512 KiB, about 2 MiB of VMEM double-buffered in all."""
     batch, vocab = logits.shape
-    rows = rows_per_block(logits.dtype)
-    chunk, block = _vocab_blocks(vocab, rows)
+    rows, chunk, block, grid = _vocab_blocks(logits)
     return pl.pallas_call(
         functools.partial(_weights_kernel, vocab=vocab, chunk=chunk),
-        grid=(pl.cdiv(batch, rows), pl.cdiv(vocab, block)),
+        grid=grid,
         in_specs=[
             pl.BlockSpec((rows, PARAMS), lambda i, j: (i, 0)),
             pl.BlockSpec((rows, LANES), lambda i, j: (i, 0)),
@@ -520,14 +507,13 @@ def integer_weights_from_stats(logits, params, stats, *, interpret):
 # Shipped configurations.
 
 
-def tpu_configs() -> list[tuple[str, object, tuple]]:
-    """Every shipped Pallas configuration as ``(name, fn, shape_structs)`` for the TPU
-    compile check, through the public wrappers, for each logits dtype: the arbitrary-k
-    path at ``V = 1`` (one chunk), 1000 (a partial chunk), 128256 and ``2**18`` (the
-    widest rows, the largest VMEM footprint), with and without ``debug``; the bounded-k
-    path at ``max_k = 1, 64, 256`` (``V = 50257``, ``1000`` and ``2**18``); and
-    ``integer_weights`` at ``V = 1000`` and ``2**18`` (several vocabulary blocks).
-    ``B = 13`` leaves a partial row block; every parameter is a per-row array."""
+def shipped_configs() -> list[PallasConfig]:
+    """Every shipped Pallas configuration for the TPU compile check, through the public
+    wrappers, for each logits dtype: the arbitrary-k path at ``V = 1`` (one chunk), 1000 (a
+    partial chunk), 128256 and ``2**18`` (the widest rows, the largest VMEM footprint), with and
+    without ``debug``; the bounded-k path at ``max_k = 1, 64, 256`` (``V = 50257``, ``1000`` and
+    ``2**18``); and ``integer_weights`` at ``V = 1000`` and ``2**18`` (several vocabulary
+    blocks). ``B = 13`` leaves a partial row block; every parameter is a per-row array."""
     from tops.ops.sampling import integer_weights
 
     configs = []
@@ -547,11 +533,13 @@ def tpu_configs() -> list[tuple[str, object, tuple]]:
         for vocab in (1000, 2**18):
             x = jax.ShapeDtypeStruct((13, vocab), jnp.dtype(dtype))
             f32 = jax.ShapeDtypeStruct((13,), jnp.float32)
-            configs.append((f"integer_weights_{dtype}_V{vocab}", integer_weights, (x, f32)))
+            configs.append(
+                PallasConfig(f"integer_weights_{dtype}_V{vocab}", integer_weights, (x, f32))
+            )
     return configs
 
 
-def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+def production_configs() -> list[PallasConfig]:
     """The production shapes, both paths (arbitrary-k, bounded ``max_k = 64``) without
     ``debug``: ``B`` in {16, 128} x ``V`` in {128256, 151936, 201088, 262144}, bf16 and
     f32."""
@@ -564,21 +552,15 @@ def tpu_production_configs() -> list[tuple[str, object, tuple]]:
     ]
 
 
-def _sample_config(batch, vocab, dtype, max_k, debug):
+def _sample_config(
+    batch: int, vocab: int, dtype: str, max_k: int | None, debug: bool
+) -> PallasConfig:
     from tops.ops.sampling import sample
 
-    def fn(x, temperature, top_k, top_p, min_p, seed, step):
-        return sample(
-            x,
-            temperature=temperature,
-            seed=seed,
-            step=step,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            max_k=max_k,
-            debug=debug,
-        )
+    names = ("temperature", "top_k", "top_p", "min_p", "seed", "step")
+
+    def fn(x, *parameters):
+        return sample(x, **dict(zip(names, parameters, strict=True)), max_k=max_k, debug=debug)
 
     f32 = jax.ShapeDtypeStruct((batch,), jnp.float32)
     i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
@@ -586,4 +568,4 @@ def _sample_config(batch, vocab, dtype, max_k, debug):
     x = jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype))
     path = "full" if max_k is None else f"bounded{max_k}"
     name = f"sample_{path}_{dtype}_B{batch}_V{vocab}" + ("_debug" if debug else "")
-    return name, fn, (x, f32, i32, f32, f32, u32, i32)
+    return PallasConfig(name, fn, (x, f32, i32, f32, f32, u32, i32))

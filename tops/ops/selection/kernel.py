@@ -1,60 +1,19 @@
 """Pallas TPU kernel for exact top-k (``k <= FAST_PATH_MAX_K``), its launcher, the depth
-schedule, and the XLA path for the rest.
+schedule, and the XLA sort path for the rest.
 
-Order. Every element becomes a sortable int32 key (``sortable_key``): the float32 bits
-with the magnitude bits flipped for negative values, so that integer order is IEEE total
-order (``+0.0`` above ``-0.0``), and every NaN mapped to ``NAN_KEY``, just above the
-``EMPTY_KEY`` of padding and of unfilled list entries. Elements are ranked by
-``(key, -index)``: a strict total order with no ties, whose first ``k`` elements are
-exactly the contract's top-k (``tops.spec.topk``).
-
-Binned top-k. A block of ``R`` rows (8 sublanes for float32, 16 for the packed 16-bit
-dtypes) holds whole rows in VMEM. The row is read in 128-lane slices; every lane ``l``
-(columns ``l, l + 128, l + 256, ...``) keeps its own sorted list, level ``j`` holding the
-lane's ``(j + 1)``-th largest element (key and index), built by a sinking sort: each
-slice's elements descend the levels, swapping with any level whose key is strictly
-smaller. Within a lane the slices arrive in increasing index order, so the strict
-comparison keeps the lower index above an equal key, which is the ``(key, -index)``
-order. A pass adds levels ``[c, c + w)``: it streams the row again, drops the elements at
-or above level ``c - 1`` (already listed) and sinks the rest through ``w`` new levels
-held in registers.
-
-Stopping criterion, after a pass leaves ``d`` levels. Let ``p`` be the largest level
-``d - 1`` entry over the lanes. If at least ``k`` listed entries rank strictly above
-``p``, the top-k of the row are among them. Proof: an element missing from lane ``l``'s
-list ranks below that lane's level ``d - 1`` entry, hence below ``p``, hence below ``k``
-listed entries, so it is not in the top-k; an entry ranking at or below ``p`` is below
-the same ``k`` entries. There are no ties in ``(key, -index)``, so "strictly above" is
-unambiguous (the seed notebook's value-only ``>=`` would count entries equal to ``p`` in
-value but later in index, and stop too early on tie-dense rows). Equivalently the
-criterion holds iff no lane holds ``d`` or more of the row's top-k elements. When ``d``
-reaches ``min(k, V / 128)`` the lists hold every lane's top-k (or every element), which
-contains the top-k by construction; the passes stop there whatever the criterion says.
-
-Schedule. The first pass builds ``first_depth`` levels, chosen from the probability that
-a row of i.i.d. values fails the criterion (``row_failure_probability``): the top-k
-positions fall into the 128 lanes as ``k`` balls into 128 bins, and depth ``d`` fails iff
-some bin holds ``d`` balls. ``first_depth`` minimises the expected cost
-``PASS_OVERHEAD + d + P(some row of the block fails at d) * (PASS_OVERHEAD + PASS_WIDTH)``
-in units of one level per element. Each further pass adds ``PASS_WIDTH`` levels until the
-criterion holds or the depth is exact by construction, so adversarial rows (all the top-k
-in one lane) reach depth ``k`` at bounded register pressure. The schedule only decides
-speed, never the result.
-
-Selection. The rows' top-k come out of the lists by ``k`` extract-max steps in the
-kernel: the lane heads (level 0) hold the largest remaining candidate of each lane; the
-largest head (by key, then lower index) is the next output and its lane shifts up one
-level. Done in the kernel, the only output is ``[B, k]`` int32 indices (a few bytes per
-row next to the row itself); the values are gathered from ``x`` by the wrapper so that
-they are the input elements bit for bit, NaN payloads included.
-
-``k > FAST_PATH_MAX_K``, or rows too wide for VMEM (``FAST_PATH_MAX_V``), use
-``sort_topk_indices``: XLA sorts each row lexicographically by ``(~key, index)`` (exact by
-construction) and keeps the first ``k``.
+Elements are ranked by ``(sortable_key, -index)``, a strict total order whose first ``k``
+elements are the contract's top-k (``tops.spec.topk``). ``_topk_kernel``: grid
+``(cdiv(B, R),)``, ``R = half.rows_per_block``; blocks ``x`` ``(R, Vp)`` whole rows
+(``Vp = roundup(V, 128)``), indices ``(R, roundup(k, 128))`` int32, optional depth
+``(R, 128)`` int32; scratch: two ``(levels, R, 128)`` int32 per-lane sorted lists. Passes
+over the VMEM-resident rows deepen the lists until the top-k are provably listed, then
+``k`` extract-max steps write the indices; the wrapper gathers the values, so they are
+the input elements bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -65,7 +24,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tops.ops.half import kernel_operand, to_float32
+from tops.compile_only import PallasConfig
+from tops.ops.half import kernel_operand, rows_per_block, to_float32
 from tops.spec.topk import FAST_PATH_MAX_K
 
 LANES = 128
@@ -73,20 +33,30 @@ EMPTY_KEY = np.iinfo(np.int32).min  # padding columns, dropped elements, unfille
 NAN_KEY = EMPTY_KEY + 1  # below -inf's key (-2**31 + 2**23 - 1), above EMPTY_KEY
 ABSENT_INDEX = np.iinfo(np.int32).max  # index of an unfilled level
 _MAGNITUDE_BITS = 0x7FFFFFFF
-# Whole rows stay in VMEM up to this width: 16 MiB per block (8 float32 or 16 bf16 rows),
-# 32 MiB double-buffered, inside the 64 MiB VMEM of v5p, the smallest of the supported
-# chips (v5e and v6e have 128 MiB; tops.compile_only.TPU_CHIPS). v4's 16 MiB cannot hold
-# even a 262144-column float32 block double-buffered (16.7 MiB measured).
-FAST_PATH_MAX_V = 2**19
-# Levels added by each pass after the first, and the per-pass cost of streaming the row
-# (load, key conversion, masking and the filter) in units of one level: a count of the
-# code, not a measurement.
-PASS_WIDTH = 8
-PASS_OVERHEAD = 2
-# Levels read per VMEM access when shifting a lane or counting entries above the pivot.
-LEVEL_CHUNK = 8
-# Below this block failure probability a deeper first pass cannot pay for itself.
-_NEGLIGIBLE_FAILURE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionBlocks:
+    """Launch constants of the binned top-k kernel."""
+
+    # Whole rows stay in VMEM up to this width: 16 MiB per block (8 float32 or 16 bf16
+    # rows), 32 MiB double-buffered, inside v5p's 64 MiB, the smallest supported VMEM
+    # (tops.compile_only.TPU_CHIPS); wider rows take the sort path.
+    fast_path_max_v: int = 2**19
+    # Levels added by each pass after the first.
+    pass_width: int = 8
+    # Cost of streaming the row once (load, key conversion, masking, filter) in units of
+    # one level: a count of the code, not a measurement.
+    pass_overhead: int = 2
+    # Levels read per VMEM access when shifting a lane or counting entries above the pivot.
+    level_chunk: int = 8
+    # Below this block failure probability a deeper first pass cannot pay for itself.
+    negligible_failure: float = 1e-9
+    # VMEM headroom above the double-buffered rows and the list scratch.
+    vmem_headroom_bytes: int = 8 * 2**20
+
+
+BLOCKS = SelectionBlocks()
 
 
 def row_width(vocab: int) -> int:
@@ -94,14 +64,9 @@ def row_width(vocab: int) -> int:
     return pl.cdiv(vocab, LANES) * LANES
 
 
-def rows_per_block(dtype) -> int:
-    """Sublane rows per block: 8 for 32-bit inputs, 16 for packed 16-bit inputs."""
-    return 8 if jnp.dtype(dtype).itemsize == 4 else 16
-
-
 def uses_fast_path(vocab: int, k: int) -> bool:
     """Whether ``topk`` of width ``k`` over ``vocab`` columns runs the Pallas kernel."""
-    return k <= FAST_PATH_MAX_K and row_width(vocab) <= FAST_PATH_MAX_V
+    return k <= FAST_PATH_MAX_K and row_width(vocab) <= BLOCKS.fast_path_max_v
 
 
 def sortable_key(x: jax.Array) -> jax.Array:
@@ -172,28 +137,30 @@ def depth_schedule(k: int, vocab: int, rows: int) -> tuple[int, int]:
     """``(first_depth, final_depth)`` for rows of ``vocab`` columns in blocks of ``rows``.
 
     ``final_depth = min(k, cdiv(V, 128))`` is exact by construction. ``first_depth``
-    minimises ``PASS_OVERHEAD + d + f(d) * (PASS_OVERHEAD + PASS_WIDTH)`` with ``f(d) =
-    1 - (1 - row_failure_probability(k, d)) ** rows`` (``f(final_depth) = 0``), the
-    expected cost per element of the first pass and of a second one when a block fails.
-    Later passes add ``PASS_WIDTH`` levels each.
+    minimises ``overhead + d + f(d) * (overhead + width)`` (``BLOCKS.pass_overhead``,
+    ``BLOCKS.pass_width``) with ``f(d) = 1 - (1 - row_failure_probability(k, d)) ** rows``
+    (``f(final_depth) = 0``), the expected cost per element, in levels, of the first pass
+    and of a second one when a block fails. Later passes add ``width`` levels each, so
+    adversarial rows (all the top-k in one lane) reach depth ``k`` at bounded register
+    pressure. The schedule only decides speed, never the result.
     """
     final = min(k, pl.cdiv(vocab, LANES))
-    first, best = final, PASS_OVERHEAD + final
+    first, best = final, BLOCKS.pass_overhead + final
     for depth in range(1, final):
         fail = 1.0 - (1.0 - row_failure_probability(k, depth)) ** rows
-        cost = PASS_OVERHEAD + depth + fail * (PASS_OVERHEAD + PASS_WIDTH)
+        cost = BLOCKS.pass_overhead + depth + fail * (BLOCKS.pass_overhead + BLOCKS.pass_width)
         if cost < best:
             first, best = depth, cost
-        if fail < _NEGLIGIBLE_FAILURE:  # deeper first passes only cost more
+        if fail < BLOCKS.negligible_failure:  # deeper first passes only cost more
             break
     return first, final
 
 
 def level_capacity(first: int, final: int) -> int:
-    """Levels of the list scratch: the deepest pass end, plus ``LEVEL_CHUNK + 1`` levels
-    of empty entries read past it by the chunked shifts."""
-    deepest = first + pl.cdiv(max(final - first, 0), PASS_WIDTH) * PASS_WIDTH
-    return deepest + LEVEL_CHUNK + 1
+    """Levels of the list scratch: the deepest pass end, plus ``BLOCKS.level_chunk + 1``
+    levels of empty entries read past it by the chunked shifts."""
+    deepest = first + pl.cdiv(max(final - first, 0), BLOCKS.pass_width) * BLOCKS.pass_width
+    return deepest + BLOCKS.level_chunk + 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,9 +178,13 @@ def _empty_levels(width, rows):
 def _deepen(x_ref, keys_ref, index_ref, start, width, vocab):
     """One pass: fill levels ``[start, start + width)`` of every lane's list.
 
+    Lane ``l`` (columns ``l, l + 128, ...``) keeps a sorted list, level ``j`` holding its
+    ``(j + 1)``-th largest element (key and index), built by a sinking sort over the
+    row's 128-lane slices. Slices arrive in increasing index order, so the strict
+    comparison keeps the lower index above an equal key: the ``(key, -index)`` order.
     ``start`` is 0 (a Python int: nothing listed yet) or a traced depth ``>= 1``, in
     which case elements ranking at or above level ``start - 1`` are already listed and
-    are dropped before sinking."""
+    are dropped before sinking through the ``width`` new levels held in registers."""
     rows, row_cols = x_ref.shape
     lane = lax.broadcasted_iota(jnp.int32, (rows, LANES), 1)
     filtered = not (isinstance(start, int) and start == 0)
@@ -249,16 +220,23 @@ def _deepen(x_ref, keys_ref, index_ref, start, width, vocab):
 
 
 def _chunk_count(depth):
-    """``cdiv(depth, LEVEL_CHUNK)`` for a Python or traced non-negative depth
+    """``cdiv(depth, BLOCKS.level_chunk)`` for a Python or traced non-negative depth
     (``lax.div`` truncates; ``//`` on a traced value would need a sign, which Mosaic
     lowers only for a known TPU generation)."""
-    return lax.div(depth + LEVEL_CHUNK - 1, LEVEL_CHUNK)
+    return lax.div(depth + BLOCKS.level_chunk - 1, BLOCKS.level_chunk)
 
 
 def _top_k_is_listed(keys_ref, index_ref, depth, k, done_row):
     """The stopping criterion for each row, ``(R, 1)`` bool, with ``depth >= 1`` levels
     listed: at least ``k`` entries of levels ``< depth - 1`` rank strictly above the
-    largest level ``depth - 1`` entry. Rows in ``done_row`` count as satisfied."""
+    largest level ``depth - 1`` entry (the pivot ``p``). Rows in ``done_row`` count as
+    satisfied.
+
+    Sound: an element missing from lane ``l``'s list ranks below that lane's level
+    ``depth - 1`` entry, hence below ``p``, hence below ``k`` listed entries, so it is not
+    in the top-k; a listed entry at or below ``p`` is below the same ``k``. ``(key,
+    -index)`` has no ties, so a value-only ``>=`` (which would count entries equal to
+    ``p`` but later in index and stop too early on tie-dense rows) is not used."""
     rows = keys_ref.shape[1]
     last_key = keys_ref[depth - 1]
     last_index = index_ref[depth - 1]
@@ -266,12 +244,12 @@ def _top_k_is_listed(keys_ref, index_ref, depth, k, done_row):
     pivot_index = jnp.min(
         jnp.where(last_key == pivot_key, last_index, ABSENT_INDEX), axis=1, keepdims=True
     )
-    level = lax.broadcasted_iota(jnp.int32, (LEVEL_CHUNK, rows, LANES), 0)
+    level = lax.broadcasted_iota(jnp.int32, (BLOCKS.level_chunk, rows, LANES), 0)
 
     def body(chunk, count):
-        first = chunk * LEVEL_CHUNK
-        keys = keys_ref[pl.ds(first, LEVEL_CHUNK)]
-        index = index_ref[pl.ds(first, LEVEL_CHUNK)]
+        first = chunk * BLOCKS.level_chunk
+        keys = keys_ref[pl.ds(first, BLOCKS.level_chunk)]
+        index = index_ref[pl.ds(first, BLOCKS.level_chunk)]
         above = _ranks_above(keys, index, pivot_key[None], pivot_index[None])
         above &= first + level < depth - 1
         return count + jnp.sum(above.astype(jnp.int32), axis=0)
@@ -301,10 +279,10 @@ def _pop(keys_ref, index_ref, depth, remaining):
     won = (head_index == top_index)[None]
 
     def shift(chunk, carry):
-        first = chunk * LEVEL_CHUNK
+        first = chunk * BLOCKS.level_chunk
         for ref in (keys_ref, index_ref):
-            levels = ref[pl.ds(first, LEVEL_CHUNK + 1)]
-            ref[pl.ds(first, LEVEL_CHUNK)] = jnp.where(won, levels[1:], levels[:-1])
+            levels = ref[pl.ds(first, BLOCKS.level_chunk + 1)]
+            ref[pl.ds(first, BLOCKS.level_chunk)] = jnp.where(won, levels[1:], levels[:-1])
         return carry
 
     lax.fori_loop(0, _chunk_count(jnp.minimum(depth, remaining)), shift, 0)
@@ -340,8 +318,8 @@ def _topk_kernel(
 
     def next_pass(carry):
         depth, _ = carry
-        _deepen(x_ref, keys_ref, index_ref, depth, PASS_WIDTH, vocab)
-        depth = depth + PASS_WIDTH
+        _deepen(x_ref, keys_ref, index_ref, depth, BLOCKS.pass_width, vocab)
+        depth = depth + BLOCKS.pass_width
         return depth, _all(_top_k_is_listed(keys_ref, index_ref, depth, k, padding_row))
 
     if first_depth < final_depth:
@@ -350,9 +328,9 @@ def _topk_kernel(
     else:
         depth = first_depth
     # Levels the chunked shifts read past the last pass: empty.
-    empty_keys, empty_index = _empty_levels(LEVEL_CHUNK + 1, rows)
-    keys_ref[pl.ds(depth, LEVEL_CHUNK + 1)] = jnp.stack(empty_keys)
-    index_ref[pl.ds(depth, LEVEL_CHUNK + 1)] = jnp.stack(empty_index)
+    empty_keys, empty_index = _empty_levels(BLOCKS.level_chunk + 1, rows)
+    keys_ref[pl.ds(depth, BLOCKS.level_chunk + 1)] = jnp.stack(empty_keys)
+    index_ref[pl.ds(depth, BLOCKS.level_chunk + 1)] = jnp.stack(empty_index)
 
     lane = lax.broadcasted_iota(jnp.int32, (rows, LANES), 1)
 
@@ -373,7 +351,7 @@ def _topk_kernel(
 
 def fast_topk_indices(x, k, *, interpret, with_depth=False):
     """Launch the binned top-k kernel: ``x [B >= 1, V]``, ``k <= FAST_PATH_MAX_K``,
-    ``row_width(V) <= FAST_PATH_MAX_V``. Returns int32 indices ``[B, k]`` (and, with
+    ``row_width(V) <= BLOCKS.fast_path_max_v``. Returns int32 indices ``[B, k]`` (and, with
     ``with_depth``, an int32 ``[B, 128]`` array holding each row block's final depth).
     ``interpret`` is ``pl.pallas_call``'s (``tops.backends.pallas_interpret()``)."""
     batch, vocab = x.shape
@@ -406,7 +384,7 @@ def fast_topk_indices(x, k, *, interpret, with_depth=False):
         scratch_shapes=[pltpu.VMEM((levels, rows, LANES), jnp.int32)] * 2,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel",),
-            vmem_limit_bytes=2 * block_bytes + scratch_bytes + 8 * 2**20,
+            vmem_limit_bytes=2 * block_bytes + scratch_bytes + BLOCKS.vmem_headroom_bytes,
         ),
         interpret=interpret,
     )(kernel_operand(x))
@@ -432,14 +410,15 @@ def termination_stats(x, k: int) -> dict:
     """How far the binned kernel went on ``x [B >= 1, V]`` for an int ``k``.
 
     Returns a dict: ``path`` (``"fast"`` or ``"sort"``, see ``uses_fast_path``); for the
-    fast path also ``rows_per_block`` ``R``; ``schedule`` ``(first_depth, PASS_WIDTH,
-    final_depth)``; ``depth`` (int64 NumPy ``[cdiv(B, R)]``, the list depth each row block
-    reached: ``first_depth + PASS_WIDTH * (passes - 1)``); ``passes`` (same shape, passes
-    over the VMEM-resident rows); ``hbm_bytes`` (the kernel's HBM traffic: ``x`` read once,
-    the int32 indices written once; the wrapper's value gather adds ``B * k *
-    itemsize``); ``vmem_bytes`` (the row bytes all passes streamed from VMEM, ``sum over
-    blocks of passes * R * roundup(V, 128) * itemsize``). For the sort path these fields
-    are None. Runs in the current TPU mode (``tops.backends.pallas_interpret()``).
+    fast path also ``rows_per_block`` ``R``; ``schedule`` ``(first_depth, width,
+    final_depth)`` (``width = BLOCKS.pass_width``); ``depth`` (int64 NumPy ``[cdiv(B, R)]``,
+    the list depth each row block reached: ``first_depth + width * (passes - 1)``);
+    ``passes`` (same shape, passes over the VMEM-resident rows); ``hbm_bytes`` (the
+    kernel's HBM traffic: ``x`` read once, the int32 indices written once; the wrapper's
+    value gather adds ``B * k * itemsize``); ``vmem_bytes`` (the row bytes all passes
+    streamed from VMEM, ``sum over blocks of passes * R * roundup(V, 128) * itemsize``).
+    For the sort path these fields are None. Runs in the current TPU mode
+    (``tops.backends.pallas_interpret()``).
     """
     from tops.backends import pallas_interpret
 
@@ -451,12 +430,12 @@ def termination_stats(x, k: int) -> dict:
     rows = rows_per_block(x.dtype)
     first, final = depth_schedule(k, vocab, rows)
     depth = np.asarray(_final_depths(x, k=k, interpret=pallas_interpret())).astype(np.int64)
-    passes = 1 + (depth - first) // PASS_WIDTH
+    passes = 1 + (depth - first) // BLOCKS.pass_width
     itemsize = x.dtype.itemsize
     return {
         "path": "fast",
         "rows_per_block": rows,
-        "schedule": (first, PASS_WIDTH, final),
+        "schedule": (first, BLOCKS.pass_width, final),
         "depth": depth,
         "passes": passes,
         "hbm_bytes": batch * vocab * itemsize + batch * k * 4,
@@ -464,13 +443,12 @@ def termination_stats(x, k: int) -> dict:
     }
 
 
-def tpu_configs() -> list[tuple[str, object, tuple]]:
-    """Every shipped Pallas configuration as ``(name, fn, shape_structs)`` for the TPU
-    compile check, through the public wrapper: each dtype; ``k = 1, 64, 256`` over
-    ``V = 50257`` (a partial last slice; ``k = 256`` is the deepest list); ``k = 256``
-    over ``V = 1000`` (one pass at the full depth); ``V = 1``; the widest fast-path row;
-    per-row ``k``. ``B = 13`` leaves a partial row block. The XLA sort path
-    (``k > FAST_PATH_MAX_K`` or wider rows) has no Pallas kernel and is not listed."""
+def shipped_configs() -> list[PallasConfig]:
+    """Every shipped Pallas configuration for the TPU compile check, through the public wrapper:
+    each dtype; ``k = 1, 64, 256`` over ``V = 50257`` (a partial last slice; ``k = 256`` is the
+    deepest list); ``k = 256`` over ``V = 1000`` (one pass at the full depth); ``V = 1``; the
+    widest fast-path row; per-row ``k``. ``B = 13`` leaves a partial row block. The XLA sort
+    path (``k > FAST_PATH_MAX_K`` or wider rows) has no Pallas kernel and is not listed."""
     from tops.ops.selection import topk
 
     def fixed(k):
@@ -483,16 +461,16 @@ def tpu_configs() -> list[tuple[str, object, tuple]]:
     for dtype in ("bfloat16", "float16", "float32"):
         for vocab, k in ((1, 1), (1000, 256), (50257, 1), (50257, 64), (50257, 256)):
             x = jax.ShapeDtypeStruct((13, vocab), jnp.dtype(dtype))
-            configs.append((f"{dtype}_V{vocab}_k{k}", fixed(k), (x,)))
-        widest = jax.ShapeDtypeStruct((13, FAST_PATH_MAX_V), jnp.dtype(dtype))
-        configs.append((f"{dtype}_V{FAST_PATH_MAX_V}_k64", fixed(64), (widest,)))
+            configs.append(PallasConfig(f"{dtype}_V{vocab}_k{k}", fixed(k), (x,)))
+        widest = jax.ShapeDtypeStruct((13, BLOCKS.fast_path_max_v), jnp.dtype(dtype))
+        configs.append(PallasConfig(f"{dtype}_V{BLOCKS.fast_path_max_v}_k64", fixed(64), (widest,)))
         x = jax.ShapeDtypeStruct((13, 50257), jnp.dtype(dtype))
         row_k = jax.ShapeDtypeStruct((13,), jnp.int32)
-        configs.append((f"{dtype}_V50257_per_row_max_k64", per_row(64), (x, row_k)))
+        configs.append(PallasConfig(f"{dtype}_V50257_per_row_max_k64", per_row(64), (x, row_k)))
     return configs
 
 
-def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+def production_configs() -> list[PallasConfig]:
     """The production shapes: ``B`` in {1, 32, 256} x ``V`` in {128256, 151936, 201088,
     262144}, bf16 and f32, ``k = 64`` and the deepest ``k = 256``."""
     from tops.ops.selection import topk
@@ -504,5 +482,5 @@ def tpu_production_configs() -> list[tuple[str, object, tuple]]:
                 x = jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype))
                 for k in (64, 256):
                     name = f"{dtype}_B{batch}_V{vocab}_k{k}"
-                    configs.append((name, functools.partial(topk, k=k), (x,)))
+                    configs.append(PallasConfig(name, functools.partial(topk, k=k), (x,)))
     return configs

@@ -1,15 +1,16 @@
 """Chunked simple gated linear attention on TPU (Pallas), differentiable.
 
-Semantics in ``tops/spec/simple_gla.py``; the forward kernel and its design in
-``kernel.py``, the backward kernel in ``backward.py``. ``jax.grad`` goes through a
-``jax.custom_vjp``: the forward saves the float32 state before every segment (the
-backward's only residual besides the inputs) and the backward visits the segments in
-reverse.
+Semantics in ``tops/spec/simple_gla.py``; the forward kernel in ``kernel.py``, the
+backward kernel in ``backward.py``, what they share in ``common.py``. ``jax.grad`` goes
+through a ``jax.custom_vjp``: the forward saves the float32 state before every segment
+(the backward's only residual besides the inputs) and the backward visits the segments
+in reverse.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from tops.backends import pallas_interpret
-from tops.ops.simple_gla import backward, kernel
+from tops.ops.simple_gla import backward, common, kernel
 from tops.ops.simple_gla.alibi import build_alibi_slopes, make_alibi_g_gamma
 from tops.spec.simple_gla import (
     FIRST_DERIVATIVES_ONLY,
@@ -40,7 +41,7 @@ def chunk_simple_gla(
     initial_state: ArrayLike | None = None,
     output_final_state: bool = False,
     cu_seqlens: ArrayLike | None = None,
-    chunk_size: int = 64,
+    chunk_size: Literal[64, 128] = 64,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Simple GLA, ``h_t = exp(g_t + gamma) h_{t-1} + k_t^T v_t``, ``o_t = scale q_t h_t``.
 
@@ -56,7 +57,7 @@ def chunk_simple_gla(
         ``[cu[n], cu[n+1])``, each from its own initial state. A NumPy array is checked
         (start 0, never decreasing, end ``T``); a JAX array, possibly traced, is not
         read on the host: the kernels run on the repaired offsets
-        (``kernel.repair_cu_seqlens``), unless ``TOPS_CHECK_CU_SEQLENS=1`` asks for the
+        (``common.repair_cu_seqlens``), unless ``TOPS_CHECK_CU_SEQLENS=1`` asks for the
         check (see ``tops/spec/simple_gla.py``).
       chunk_size: 64 or 128 (blocking only, not the result).
 
@@ -138,14 +139,14 @@ def _check_cu_seqlens(cu_seqlens, seq_len: int) -> None:
 
 
 def _repair_cu_seqlens(cu_seqlens, *, seq_len: int) -> jax.Array:
-    """``kernel.repair_cu_seqlens`` as one dispatch (a NumPy array is clipped on the
+    """``common.repair_cu_seqlens`` as one dispatch (a NumPy array is clipped on the
     host first, so int64 entries never wrap)."""
     if isinstance(cu_seqlens, np.ndarray):
         cu_seqlens = np.clip(cu_seqlens, 0, seq_len)
     return _repair_jit(cu_seqlens, seq_len=seq_len)
 
 
-_repair_jit = jax.jit(kernel.repair_cu_seqlens, static_argnames=("seq_len",))
+_repair_jit = jax.jit(common.repair_cu_seqlens, static_argnames=("seq_len",))
 
 
 @functools.partial(

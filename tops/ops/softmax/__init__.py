@@ -32,7 +32,7 @@ def temperature_softmax(logits: jax.Array, temperature: float | jax.Array) -> ja
       normal float32 (zero included): one-hot at the first maximum; temperature of at
       least ``2**64``: uniform over the entries above ``-inf``; ``+inf`` logits share
       the mass evenly. Values are correctly rounded to float32 up to about 2**-29
-      relative (ARCHITECTURE.md, temperature softmax).
+      relative (``kernel.py``).
 
     Gradient (``jax.grad``, ``jax.vjp``): w.r.t. ``logits`` in their dtype, per row
     ``p * (g - sum(p * g)) / T`` for the cotangent ``g``, with the special rows of
@@ -64,7 +64,7 @@ def _differentiable(logits, temperature, logits_dtype, interpret):
     dtype their cotangent must have."""
     batch, vocab = logits.shape
     temperature_col = jnp.broadcast_to(temperature, (batch,))[:, None]
-    if kernel.row_width(vocab) <= kernel.SINGLE_PASS_MAX_V:
+    if kernel.row_width(vocab) <= kernel.BLOCKS.single_pass_max_v:
         return kernel.single_pass(logits, temperature_col, interpret=interpret)
     return kernel.two_pass(logits, temperature_col, interpret=interpret)
 
@@ -81,7 +81,7 @@ def _differentiable_bwd(logits_dtype, interpret, residuals, cotangent):
     # The forward's NaN rows (a NaN logit) enter the kernel as a NaN temperature.
     t = jnp.where(jnp.isnan(probs[:, 0]), np.float32(np.nan), temperature)[:, None]
     launch = kernel.grad_single_pass
-    if kernel.row_width(vocab) > kernel.SINGLE_PASS_MAX_V:
+    if kernel.row_width(vocab) > kernel.BLOCKS.single_pass_max_v:
         launch = kernel.grad_two_pass
     dx = launch(probs, cotangent.astype(jnp.float32), t, interpret=interpret)
     return dx.astype(logits_dtype), jnp.zeros_like(temperature)

@@ -1,37 +1,22 @@
-"""Pallas TPU kernels for temperature softmax, each beside its launcher.
+"""Pallas TPU kernels for temperature softmax and its backward, each beside its launcher.
 
-The probabilities are computed in double-float32 (``tops.ops.double_float``) and rounded
-once at the end, so every output is the correctly rounded float32 of a value accurate to
-about 2**-29: the kernel's error is the float32 rounding floor of the contract, up to
-a few parts in a thousand. Only IEEE add, multiply and compare enter a probability
-(the hardware divide only seeds a corrected quotient), so interpret mode should compute
-what a TPU computes, up to the rounding of values within 2**-29 of a float32 midpoint
-(not yet checked on TPU hardware).
+Row blocks of ``R`` rows (``half.rows_per_block``: 8 for float32, 16 for 16-bit logits;
+8 for the float32 backward), the vocabulary walked in 128-lane slices, each lane keeping
+its own running max, first arg-max and double-float sum (``tops.ops.double_float``),
+combined per row at the end. Columns past ``V`` and rows past ``B`` are partial blocks.
 
-Layout: ``rows_per_block`` rows per block (8 sublanes for float32 logits, 16 for the
-packed 16-bit dtypes), the vocabulary walked in 128-lane slices. Each lane keeps its own
-running maximum, first arg-maximum and double-float sum of ``exp((x - max) / T)``;
-lanes are combined once per row at the end (the sum by a ``pltpu.roll`` butterfly of
-error-free additions). Columns at or past ``V`` and rows past ``B`` are partial blocks:
-the kernels mask the columns and never mix rows, so nothing is padded in HBM.
-
-Two variants:
-
-* single pass (``V <= SINGLE_PASS_MAX_V``): one block holds whole rows; reads the logits
-  once and writes the probabilities once.
-* two pass: a statistics kernel walks vocabulary blocks (reduction axis last) and
-  leaves per-row max, arg-max, NaN flag and sum; a normalise kernel then writes the
-  probabilities. Reads the logits twice, writes once.
-
-Backward (``dx = p * (g - s) / T``, ``s = sum(p * g) / sum(p)``, from the saved float32
-probabilities and their cotangent, 8-row blocks): the same two variants at the same
-threshold; the row sums are per-lane double-float sums of exact products (TwoProduct)
-combined by the same butterfly, so ``s`` is exact to about 2**-44 and the kernel does the
-arithmetic of the Triton backward (``tops.gpu.softmax.kernel``).
+* ``single_pass`` (``Vp <= BLOCKS.single_pass_max_v``): grid ``(cdiv(B, R),)``; blocks
+  ``t`` ``(R, 1)``, logits and probabilities ``(R, Vp)``, ``Vp = roundup(V, 128)``.
+* ``two_pass``: grid ``(cdiv(B, R), cdiv(V, BV))``; a statistics kernel (logits
+  ``(R, BV)`` in, five ``(R, 128)`` row statistics out) then a normalise kernel
+  (``(R, BV)`` probabilities out).
+* ``grad_single_pass`` / ``grad_two_pass``: the same two shapes for
+  ``dx = p * (g - s) / T``, ``s = sum(p * g) / sum(p)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -40,18 +25,27 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from tops.compile_only import PallasConfig
 from tops.ops.double_float import add_dd, div_dd_to_f32, exp_dd, mul_dd, two_prod, two_sum
-from tops.ops.half import kernel_operand, to_float32
+from tops.ops.half import kernel_operand, rows_per_block, to_float32
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE
 
 LANES = 128
-# Whole rows stay in VMEM up to this many (128-padded) columns: with float32 logits,
-# 8 rows x 32768 columns is 1 MiB per buffer, 4 MiB for the double-buffered input and
-# output, well inside the 16 MiB default scoped VMEM of v5e. Chosen from the VMEM
-# budget; no TPU was available to measure the crossover (see ARCHITECTURE.md).
-SINGLE_PASS_MAX_V = 32768
-# Vocabulary block of the two-pass kernels.
-TWO_PASS_BLOCK_V = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxBlocks:
+    """Launch constants of the softmax kernels."""
+
+    # Whole rows stay in VMEM up to this many (128-padded) columns: 8 float32 rows of
+    # 32768 columns is 1 MiB per buffer, 4 MiB double-buffered in and out, inside v5e's
+    # 16 MiB default scoped VMEM (chosen from the budget, not a measured crossover).
+    single_pass_max_v: int = 32768
+    # Vocabulary block of the two-pass kernels.
+    two_pass_block_v: int = 8192
+
+
+BLOCKS = SoftmaxBlocks()
 _INT_MAX = jnp.iinfo(jnp.int32).max
 _BUTTERFLY_SHIFTS = (64, 32, 16, 8, 4, 2, 1)
 _LIFT_LOG2 = 8
@@ -61,11 +55,6 @@ _UNLIFT = 2.0**-_LIFT_LOG2
 def row_width(vocab: int) -> int:
     """Columns of a whole-row block: ``V`` rounded up to the 128 lanes."""
     return pl.cdiv(vocab, LANES) * LANES
-
-
-def rows_per_block(dtype) -> int:
-    """Sublane rows per block: 8 for 32-bit logits, 16 for packed 16-bit logits."""
-    return 8 if jnp.dtype(dtype).itemsize == 4 else 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,6 +183,9 @@ def _write_probabilities(x_ref, o_ref, n_slices, col0, vocab, row, stats):
         # p <= exp(y): computing exp(y) * 2**LIFT keeps every p above the float32 normal
         # range exact before the exact scaling back.
         e_hi, e_lo = exp_dd(*_scaled_gap(x, row_max, row), scale_log2=_LIFT_LOG2)
+        # Rounded once from a double-float quotient: only IEEE add, multiply and compare
+        # enter p (the hardware divide only seeds a corrected quotient), so interpret mode
+        # computes what a TPU computes.
         p = div_dd_to_f32(e_hi, e_lo, sum_hi, sum_lo, inv_sum) * _UNLIFT
         p = jnp.where(row.greedy, (cols == row_arg).astype(jnp.float32), p)
         p = jnp.where(empty_row, 0.0, p)
@@ -354,7 +346,7 @@ def _normalize_kernel(
     _write_probabilities(x_ref, o_ref, block_v // LANES, col0, vocab, row, stats)
 
 
-def two_pass(logits, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
+def two_pass(logits, temperature_col, *, interpret, block_v=BLOCKS.two_pass_block_v):
     """Launch the statistics then the normalise kernel: ``logits [B, V]``, ``f32[B, 1]``;
     ``interpret`` as for :func:`single_pass`, ``block_v`` a multiple of 128."""
     batch, vocab = logits.shape
@@ -492,12 +484,12 @@ def grad_single_pass(probs, cotangent, temperature_col, *, interpret):
     """Launch the single-pass backward: ``probs``, ``cotangent`` ``f32[B, V]``,
     ``temperature_col f32[B, 1]``; returns ``dx f32[B, V]``."""
     batch, vocab = probs.shape
-    width = row_width(vocab)
-    row_spec = pl.BlockSpec((8, width), lambda i: (i, 0))
+    rows = rows_per_block(probs.dtype)
+    row_spec = pl.BlockSpec((rows, row_width(vocab)), lambda i: (i, 0))
     return pl.pallas_call(
         functools.partial(_grad_single_pass_kernel, vocab=vocab),
-        grid=(pl.cdiv(batch, 8),),
-        in_specs=[pl.BlockSpec((8, 1), lambda i: (i, 0)), row_spec, row_spec],
+        grid=(pl.cdiv(batch, rows),),
+        in_specs=[pl.BlockSpec((rows, 1), lambda i: (i, 0)), row_spec, row_spec],
         out_specs=row_spec,
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
@@ -548,27 +540,33 @@ def _grad_write_kernel(t_ref, s_hi_ref, s_lo_ref, p_ref, g_ref, dx_ref, *, vocab
     )
 
 
-def grad_two_pass(probs, cotangent, temperature_col, *, interpret, block_v=TWO_PASS_BLOCK_V):
+def grad_two_pass(probs, cotangent, temperature_col, *, interpret, block_v=BLOCKS.two_pass_block_v):
     """Launch the sum then the write kernel; arguments as for :func:`grad_single_pass`,
     ``block_v`` a multiple of 128."""
     batch, vocab = probs.shape
-    grid = (pl.cdiv(batch, 8), pl.cdiv(vocab, block_v))
-    block_spec = pl.BlockSpec((8, block_v), lambda i, j: (i, j))
-    sum_spec = pl.BlockSpec((8, LANES), lambda i, j: (i, 0))
+    rows = rows_per_block(probs.dtype)
+    grid = (pl.cdiv(batch, rows), pl.cdiv(vocab, block_v))
+    block_spec = pl.BlockSpec((rows, block_v), lambda i, j: (i, j))
+    sum_spec = pl.BlockSpec((rows, LANES), lambda i, j: (i, 0))
     sums = pl.pallas_call(
         functools.partial(_grad_sum_kernel, vocab=vocab),
         grid=grid,
         in_specs=[block_spec, block_spec],
         out_specs=[sum_spec, sum_spec],
         out_shape=[jax.ShapeDtypeStruct((batch, LANES), jnp.float32)] * 2,
-        scratch_shapes=[pltpu.VMEM((4, 8, LANES), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((4, rows, LANES), jnp.float32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=interpret,
     )(probs, cotangent)
     return pl.pallas_call(
         functools.partial(_grad_write_kernel, vocab=vocab),
         grid=grid,
-        in_specs=[pl.BlockSpec((8, 1), lambda i, j: (i, 0)), sum_spec, sum_spec] + [block_spec] * 2,
+        in_specs=[
+            pl.BlockSpec((rows, 1), lambda i, j: (i, 0)),
+            sum_spec,
+            sum_spec,
+            *[block_spec] * 2,
+        ],
         out_specs=block_spec,
         out_shape=jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
@@ -576,16 +574,16 @@ def grad_two_pass(probs, cotangent, temperature_col, *, interpret, block_v=TWO_P
     )(temperature_col, *sums, probs, cotangent)
 
 
-def tpu_configs() -> list[tuple[str, object, tuple]]:
-    """Every shipped kernel configuration as ``(name, fn, shape_structs)`` for the TPU
-    compile check: each logits dtype, through the public wrapper, at vocabularies that
-    pick the narrowest, a partial and the widest single-pass block and the two-pass path
-    with a partial last block, per-row temperatures; ``B = 13`` leaves a partial row
-    block. One scalar-temperature configuration per path, and the forward with its
-    backward (``_grad``) per path for bf16 and f32 logits."""
+def shipped_configs() -> list[PallasConfig]:
+    """Every shipped kernel configuration for the TPU compile check: each logits dtype,
+    through the public wrapper, at vocabularies that pick the narrowest, a partial and the
+    widest single-pass block and the two-pass path with a partial last block, per-row
+    temperatures; ``B = 13`` leaves a partial row block. One scalar-temperature
+    configuration per path, and the forward with its backward (``_grad``) per path for bf16
+    and f32 logits."""
     configs = []
     for dtype in ("bfloat16", "float16", "float32"):
-        for vocab in (1, 50257 % SINGLE_PASS_MAX_V, SINGLE_PASS_MAX_V, 50257, 262144):
+        for vocab in (1, 50257 % BLOCKS.single_pass_max_v, BLOCKS.single_pass_max_v, 50257, 262144):
             configs.append(_config(13, vocab, dtype, per_row=True))
     configs += [_config(13, vocab, "bfloat16", per_row=False) for vocab in (1000, 50257)]
     configs += [
@@ -596,7 +594,7 @@ def tpu_configs() -> list[tuple[str, object, tuple]]:
     return configs
 
 
-def tpu_production_configs() -> list[tuple[str, object, tuple]]:
+def production_configs() -> list[PallasConfig]:
     """The production shapes: ``B`` in {1, 32, 256} x ``V`` in {128256, 151936, 201088,
     262144}, bf16 and f32 logits, per-row and scalar temperature."""
     return [
@@ -608,19 +606,21 @@ def tpu_production_configs() -> list[tuple[str, object, tuple]]:
     ]
 
 
-def _config(batch, vocab, dtype, *, per_row):
+def _config(batch: int, vocab: int, dtype: str, *, per_row: bool) -> PallasConfig:
     from tops.ops.softmax import temperature_softmax
 
-    path = "single" if row_width(vocab) <= SINGLE_PASS_MAX_V else "two_pass"
+    path = "single" if row_width(vocab) <= BLOCKS.single_pass_max_v else "two_pass"
     temperature = "per_row" if per_row else "scalar"
     shapes = (
         jax.ShapeDtypeStruct((batch, vocab), jnp.dtype(dtype)),
         jax.ShapeDtypeStruct((batch,) if per_row else (), jnp.float32),
     )
-    return f"{path}_{dtype}_B{batch}_V{vocab}_{temperature}", temperature_softmax, shapes
+    return PallasConfig(
+        f"{path}_{dtype}_B{batch}_V{vocab}_{temperature}", temperature_softmax, shapes
+    )
 
 
-def _grad_config(batch, vocab, dtype):
+def _grad_config(batch: int, vocab: int, dtype: str) -> PallasConfig:
     """The forward and its custom VJP (``jax.vjp`` of the public wrapper)."""
     from tops.ops.softmax import temperature_softmax
 
@@ -628,6 +628,6 @@ def _grad_config(batch, vocab, dtype):
         _, vjp = jax.vjp(lambda x: temperature_softmax(x, temperature), logits)
         return vjp(cotangent)[0]
 
-    name, _, (logits, temperature) = _config(batch, vocab, dtype, per_row=True)
+    forward = _config(batch, vocab, dtype, per_row=True)
     cotangent = jax.ShapeDtypeStruct((batch, vocab), jnp.float32)
-    return f"{name}_grad", grad, (logits, temperature, cotangent)
+    return PallasConfig(f"{forward.name}_grad", grad, (*forward.shapes, cotangent))
