@@ -1,6 +1,7 @@
 """Project-wide pytest set-up: backend modes in the header, the baseline-ledger option,
-a guard that every test under tests/ops names its backend in its id, and the GPU tests
-left out, said so, where torch and triton are not installed."""
+the ``tpu``/``gpu`` marks of every test under tests/ops taken from its id (which must
+name its backend), the GPU tests left out, said so, where torch and triton are not
+installed, and the ``x64`` fixture."""
 
 from __future__ import annotations
 
@@ -65,10 +66,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test under tests/ops must name ``tpu`` or ``gpu`` in its id, so that
-    ``pytest tests/ops -k tpu`` selects exactly the TPU side; a name that contains the
-    letters by accident (``output``) would silently join it. Without the GPU backend's
-    packages, the tests whose id names ``gpu`` are skipped with the install hint."""
+    """Every test under tests/ops names its backend in its id: ``tpu``, ``gpu``, or both in
+    a ``tpu_vs_gpu`` test that compares the two. The id decides the ``tpu``/``gpu`` marks,
+    so ``-m tpu`` and ``-k tpu`` select the same tests (a ``tpu_vs_gpu`` test gets both);
+    a name that holds the letters by accident (``output``) would silently join a side, so
+    it is a usage error. Without the GPU backend's packages, the tests whose id names
+    ``gpu`` are skipped with the install hint."""
     skip_gpu = pytest.mark.skip(reason=backends.GPU_INSTALL_HINT)
     for item in items:
         if "tests/ops/" not in item.nodeid.replace(os.sep, "/"):
@@ -76,10 +79,31 @@ def pytest_collection_modifyitems(config, items):
         name = item.name
         if "output" in name:
             raise pytest.UsageError(f"{item.nodeid}: 'output' contains 'tpu'; rename it")
-        if "tpu" not in name and "gpu" not in name:
+        tpu, gpu = "tpu" in name, "gpu" in name
+        if not (tpu or gpu):
             raise pytest.UsageError(f"{item.nodeid}: a tests/ops id must contain tpu or gpu")
-        if "gpu" in name and not backends.gpu_available():
-            item.add_marker(skip_gpu)
+        if tpu and gpu and "tpu_vs_gpu" not in name:
+            raise pytest.UsageError(
+                f"{item.nodeid}: an id naming both backends must compare them (tpu_vs_gpu)"
+            )
+        if tpu:
+            item.add_marker(pytest.mark.tpu)
+        if gpu:
+            item.add_marker(pytest.mark.gpu)
+            if not backends.gpu_available():
+                item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def x64():
+    """``jax_enable_x64`` on for one test (global state, restored whatever happens)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)
 
 
 @dataclass

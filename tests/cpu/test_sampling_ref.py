@@ -284,7 +284,7 @@ def test_draw_is_uniform_and_below_the_total():
     just above a power of two (the worst case for a masked draw: almost half the masked
     values are rejected) fall uniformly into 16 bins (chi-square, p > 1e-6)."""
     total = np.full(40_000, 2**40 + 1, np.int64)
-    drawn = sampling._draw(np.arange(40_000, dtype=np.uint32), np.uint32(9), total)
+    drawn = sampling.draw(np.arange(40_000, dtype=np.uint32), np.uint32(9), total)
     assert np.all((drawn >= 0) & (drawn < total))
     counts = np.bincount((drawn * 16 // total).astype(np.int64), minlength=16)
     assert stats.chisquare(counts).pvalue > 1e-6

@@ -15,16 +15,9 @@ from tops.cpu.simple_gla import (
     chunk_simple_gla_chunked_grad,
     chunk_simple_gla_grad,
 )
+from tops.precision.cases.simple_gla_grad import GRADIENTS
 
 INPUTS = ("q", "k", "v", "g", "g_gamma", "initial_state")
-GRADIENT_OF = {
-    "q": "dq",
-    "k": "dk",
-    "v": "dv",
-    "g": "dg",
-    "g_gamma": "dg_gamma",
-    "initial_state": "dh0",
-}
 
 
 def _inputs(rng, B, T, H=2, K=3, V=2, *, gate="both", initial_state=True, final_state=True, N=None):
@@ -87,7 +80,7 @@ def _finite_differences(arrays, step=1e-5, **loss_args) -> dict[str, np.ndarray]
             down = _loss(point, **loss_args)
             array[index] = original
             grad[index] = (up - down) / (2 * step)
-        grads[GRADIENT_OF[name]] = grad
+        grads[GRADIENTS[name]] = grad
     return grads
 
 
@@ -221,9 +214,9 @@ def test_keys_shapes_and_dtypes(gate, initial_state):
     grads = chunk_simple_gla_grad(
         arrays["q"], arrays["k"], arrays["v"], **_arguments(arrays), do=do.astype(np.float32)
     )
-    assert set(grads) == {GRADIENT_OF[name] for name in arrays}
+    assert set(grads) == {GRADIENTS[name] for name in arrays}
     for name, array in arrays.items():
-        grad = grads[GRADIENT_OF[name]]
+        grad = grads[GRADIENTS[name]]
         assert isinstance(grad, np.ndarray)
         assert grad.dtype == np.float64 and grad.shape == array.shape
 

@@ -98,6 +98,7 @@ from tops.ops.sampling import integer_weights, sample
 from tops.ops.simple_gla import chunk_simple_gla
 from tops.ops.softmax import kernel as softmax_kernel
 from tops.ops.softmax import temperature_softmax
+from tops.precision.testing import bits
 
 pytestmark = pytest.mark.skipif(
     tpu_mode() != "tpu-interpret", reason="the checked interpreter needs tpu-interpret mode"
@@ -151,11 +152,6 @@ def _run(monkeypatch, capfd, case, *, checked):
     return result, states, capfd.readouterr().out
 
 
-def _bits(a):
-    """The bit patterns of ``a`` as unsigned integers of its width."""
-    return a.view(f"u{a.dtype.itemsize}")
-
-
 def _leaves(reference, result):
     """The leaves of two results of one case, their structures, dtypes and shapes equal."""
     reference_leaves, reference_tree = jax.tree.flatten(reference)
@@ -168,7 +164,7 @@ def _leaves(reference, result):
 
 def _assert_bit_identical(reference, result, what):
     for i, (r, x) in _leaves(reference, result):
-        differ = _bits(r) != _bits(x)
+        differ = bits(r) != bits(x)
         assert not differ.any(), (
             f"leaf {i} ({r.dtype}{list(r.shape)}): {int(differ.sum())} elements not "
             f"bit-identical to {what}, first at {np.argwhere(differ)[:5].tolist()}"

@@ -144,8 +144,12 @@ def _mass_strictly_above(q: np.ndarray) -> np.ndarray:
     return above[inverse]
 
 
-def _draw(seed, step, total) -> np.ndarray:
-    """Rejection sampling of a uniform integer in ``[0, total)`` per row (int64)."""
+def draw(seed: np.ndarray, step: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """The token draw of each row: a uniform integer in ``[0, total)`` (int64) by rejection
+    sampling, ``seed`` and ``step`` (uint32, broadcast against ``total``) keying threefry.
+    Attempt ``a`` draws ``bit_length(total - 1)`` bits from counter ``(a, 0)`` and keeps the
+    first value below ``total``; after ``MAX_ATTEMPTS`` rejections it takes the last value
+    minus ``total``. The kernels reproduce it bit for bit."""
     total = np.asarray(total, np.int64)
     bits = np.array([int(t - 1).bit_length() for t in total], np.int64)
     low_mask = (np.int64(1) << np.minimum(bits, 32)) - 1
@@ -264,7 +268,7 @@ def intermediates(logits, *, temperature, seed, step, top_k, top_p, min_p, max_k
     support = np.where(greedy_row[:, None], is_greedy, support) & valid[:, None]
     probs = np.where(support, np.where(greedy_row[:, None], PROB_ONE, q), 0)
     sampled_total = probs.sum(axis=-1)
-    drawn = np.where(valid & ~greedy_row, _draw(seed, step, np.maximum(sampled_total, 1)), 0)
+    drawn = np.where(valid & ~greedy_row, draw(seed, step, np.maximum(sampled_total, 1)), 0)
     passed = np.cumsum(probs, axis=-1) > drawn[:, None]
     tokens = np.where(valid, np.argmax(passed, axis=-1) if vocab else 0, greedy).astype(np.int32)
     return dict(

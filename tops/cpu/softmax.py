@@ -1,5 +1,5 @@
-"""float64 reference for temperature softmax and its gradient; ARCHITECTURE.md and
-``tops.spec.temperature_softmax`` state the semantics."""
+"""float64 reference for temperature softmax and its gradient; ``tops.spec.temperature_softmax``
+states the semantics."""
 
 from __future__ import annotations
 

@@ -1,17 +1,21 @@
 """What every op's precision tests do, so that each ``tests/ops/<op>/test_precision.py``
-is two short test functions over the registered cases; and the marks of tests that need
-an optional part of tops (``requires_gpu``: the ``gpu`` extra; ``requires_libtpu``: the
-``tpu`` extra), skipped with the install hint where it is missing."""
+binds its two tests with :func:`precision_tests`; the marks of tests that need an
+optional part of tops (``requires_gpu``: the ``gpu`` extra; ``requires_libtpu``: the
+``tpu`` extra), skipped with the install hint where it is missing; and :func:`bits`, what
+the kernel tests compare bit for bit."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from tops import backends
-from tops.precision import contract, ledger, margins, runner
+from tops.precision import contract, convert, ledger, margins, runner
 from tops.precision.registry import op
 
 requires_gpu = pytest.mark.skipif(not backends.gpu_available(), reason=backends.GPU_INSTALL_HINT)
@@ -19,6 +23,20 @@ requires_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
     reason="the TPU compile check needs libtpu: pip install 'tops[tpu]'",
 )
+
+
+def bits(array) -> np.ndarray:
+    """What a bit-for-bit comparison compares: a floating-point array's bit patterns as
+    unsigned integers of its width (equal NaN payloads are equal, -0.0 and 0.0 are not),
+    any other array's values (so int32 results compare with an int64 reference). Takes a
+    NumPy, JAX or torch array."""
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(array, torch.Tensor):
+        array = convert.from_torch(array)
+    array = np.asarray(array)
+    if array.dtype.kind in "iub":
+        return array
+    return array.view(f"u{array.dtype.itemsize}")
 
 
 def case_params(op_name: str) -> list:
@@ -65,6 +83,23 @@ def check_rule2(op_name: str, case) -> None:
             for t, g in zip(tpu, gpu, strict=True)
         )
     )
+
+
+def precision_tests(op_name: str) -> tuple[Callable, Callable]:
+    """The precision tests of ``op_name``'s registered cases, which its test module binds
+    as ``test_rules_1_and_3, test_rule2_tpu_vs_gpu = precision_tests(OP)``: rules 1 and 3
+    per backend and case, rule 2 per case."""
+
+    @pytest.mark.parametrize("case", case_params(op_name))
+    @pytest.mark.parametrize("backend", ["tpu", "gpu"])
+    def test_rules_1_and_3(backend, case, baseline_ledger):
+        check_rules_1_and_3(op_name, case, backend, baseline_ledger)
+
+    @pytest.mark.parametrize("case", case_params(op_name))
+    def test_rule2_tpu_vs_gpu(case):
+        check_rule2(op_name, case)
+
+    return test_rules_1_and_3, test_rule2_tpu_vs_gpu
 
 
 def property_settings(examples: int):

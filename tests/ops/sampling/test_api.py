@@ -35,16 +35,6 @@ def _expected(x=X, max_k=None, **params):
     return ref.sample(x, **(PARAMS | params), max_k=max_k, debug=True)
 
 
-@pytest.fixture
-def x64():
-    """``jax_enable_x64`` on for one test (global state, restored whatever happens)."""
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
-
-
 @pytest.mark.parametrize(
     ("name", "value"),
     [

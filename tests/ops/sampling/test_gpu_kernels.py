@@ -14,7 +14,10 @@ import torch
 
 import tops.gpu  # noqa: F401  (configures the Triton interpreter before the kernels load)
 from tops.cpu.sampling import sample as reference_sample
-from tops.gpu.sampling import integer_weights, kernel, sample
+from tops.gpu.sampling import integer_weights, sample
+from tops.gpu.sampling.common import SamplingBlocks
+from tops.precision.convert import to_torch
+from tops.precision.testing import bits
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
@@ -30,11 +33,7 @@ MIN_PS = np.array([0.0, 0.0, 0.01, 0.5, 1.0, 1e-10, 2.0, -1.0, np.nan, 0.1], np.
 def _logits(rows: np.ndarray, dtype: str) -> tuple[torch.Tensor, np.ndarray]:
     """The rows rounded to ``dtype``: (torch tensor for the kernels, NumPy for the reference)."""
     rounded = np.asarray(rows, np.float64).astype(np.float32).astype(NUMPY_DTYPES[dtype])
-    if dtype == "bfloat16":
-        tensor = torch.from_numpy(rounded.view(np.int16).copy()).view(torch.bfloat16)
-    else:
-        tensor = torch.from_numpy(rounded.copy())
-    return tensor, rounded
+    return to_torch(rounded.copy(), "cpu"), rounded
 
 
 def _random_rows(rng, batch: int, vocab: int) -> np.ndarray:
@@ -62,34 +61,10 @@ def _random_params(rng, batch: int, vocab: int) -> dict:
 
 
 def _torch_params(params: dict) -> dict:
-    out = {}
-    for name, value in params.items():
-        if isinstance(value, np.ndarray):
-            out[name] = torch.from_numpy(
-                value.astype(np.int64) if value.dtype == np.uint32 else value.copy()
-            )
-            if value.dtype == np.uint32:
-                out[name] = out[name].to(torch.uint32)
-        else:
-            out[name] = value
-    return out
-
-
-def _bits(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        if array.dtype in (torch.bfloat16, torch.float16):
-            return array.view(torch.int16).numpy()
-        if array.dtype == torch.float32:
-            return array.view(torch.int32).numpy()
-        if array.dtype == torch.uint32:
-            return array.to(torch.int64).numpy()
-        return array.numpy()
-    array = np.asarray(array)
-    if array.dtype.itemsize == 2 and array.dtype.kind not in "iu":
-        return array.view(np.int16)
-    if array.dtype == np.float32:
-        return array.view(np.int32)
-    return array.astype(np.int64) if array.dtype == np.uint32 else array
+    return {
+        name: to_torch(value.copy(), "cpu") if isinstance(value, np.ndarray) else value
+        for name, value in params.items()
+    }
 
 
 def _check(x: torch.Tensor, x_ref: np.ndarray, max_k=None, plain=False, **params) -> None:
@@ -107,9 +82,9 @@ def _check(x: torch.Tensor, x_ref: np.ndarray, max_k=None, plain=False, **params
         if name == "random_unnorm_cdf_sampled":
             assert all(part.dtype == torch.uint32 for part in got)
             for part, ref_part in zip(got, ref, strict=True):
-                np.testing.assert_array_equal(_bits(part), _bits(ref_part), err_msg=name)
+                np.testing.assert_array_equal(bits(part), bits(ref_part), err_msg=name)
         else:
-            np.testing.assert_array_equal(_bits(got), _bits(ref), err_msg=name)
+            np.testing.assert_array_equal(bits(got), bits(ref), err_msg=name)
     if not plain:
         return
     plain_tokens, plain_valid = sample(x, max_k=max_k, **_torch_params(params))
@@ -417,7 +392,7 @@ def test_gpu_small_tiles(path, monkeypatch):
     """Rows walked in many small tiles (128 columns, 64-entry search blocks): ties of the
     top-k cut, prefix sums and the CDF walk carried across tiles, as on a GPU (whose
     tiles are 4096 and 512 columns; interpreted launches use up to 16384)."""
-    monkeypatch.setattr(kernel, "row_blocks", lambda vocab: (128, 64))
+    monkeypatch.setattr(SamplingBlocks, "row_blocks", lambda self, vocab: (128, 64))
     rng = np.random.default_rng(17)
     vocab = 1000
     batch = 8

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tops import backends, ops
 from tops.cpu.sampling import sample as reference
-from tops.precision.convert import to_torch
+from tops.precision.convert import from_torch, to_torch
 from tops.precision.testing import attempt, property_settings
 
 ARGUMENTS = (
@@ -123,9 +123,7 @@ def _gpu_check(drawn) -> None:
         if isinstance(value, tuple):
             return tuple(host(v) for v in value)
         if isinstance(value, torch.Tensor):
-            if value.dtype == torch.bfloat16:
-                return value.cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-            return value.cpu().numpy()
+            return from_torch(value)
         return type(value)((k, host(v)) for k, v in value.items())
 
     _check(tuple(host(r) for r in result), logits, parameters)

@@ -18,6 +18,7 @@ from tops.backends import tpu_mode
 from tops.cpu import sampling as ref
 from tops.ops import sampling as ops
 from tops.ops.sampling import kernel
+from tops.precision.testing import bits
 from tops.spec.sampling import DEBUG_NAMES, PROB_ONE
 
 inf, nan = np.inf, np.nan
@@ -111,11 +112,6 @@ def _as_jax(params):
 # The comparison.
 
 
-def _bits(a):
-    a = np.asarray(a)
-    return a.view({2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
-
-
 def _assert_same(out, expected):
     tokens, valid, arrays = out
     ref_tokens, ref_valid, ref_arrays = expected
@@ -132,7 +128,7 @@ def _assert_same(out, expected):
                 np.testing.assert_array_equal(np.asarray(g), w, err_msg=name)
         elif name == "topk_logits_unsorted":
             assert got.dtype == want.dtype and got.shape == want.shape
-            np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=name)
+            np.testing.assert_array_equal(bits(got), bits(want), err_msg=name)
         else:
             assert got.dtype == jnp.int32 and got.shape == want.shape
             np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
@@ -473,7 +469,7 @@ def test_tpu_a_contracted_multiply_add_is_caught(monkeypatch):
     monkeypatch.setattr(kernel, "_unfused_product", lambda a, b: a * b)
     x, temperature = _bulk_inputs(256, 1024, 0)
     x = _cast(x, "float32")
-    params = ops._pack_params(256, 1024, 1024, temperature, 1.0, 0.0, 0, 0, 0)
+    params = ops.pack_params(256, 1024, 1024, temperature, 1.0, 0.0, 0, 0, 0)
 
     @jax.jit  # a fresh trace, so the patched product is the one compiled
     def contracted(x, params):
@@ -538,11 +534,11 @@ def test_tpu_draw_equals_the_reference(monkeypatch, attempts):
         jnp.asarray(step.view(np.int32))[:, None],
         _limbs(total),
     )
-    expected = ref._draw(seed, step, total)
+    expected = ref.draw(seed, step, total)
     np.testing.assert_array_equal(_value(drawn), expected)
     if attempts == 1:  # the fallback was taken where one attempt differs from 64
         monkeypatch.setattr(ref, "MAX_ATTEMPTS", 64)
-        assert (ref._draw(seed, step, total) != expected).sum() > n // 20
+        assert (ref.draw(seed, step, total) != expected).sum() > n // 20
 
 
 def test_tpu_top_p_bound_against_big_integers():

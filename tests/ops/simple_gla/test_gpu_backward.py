@@ -39,17 +39,8 @@ from tops.cpu import simple_gla as reference
 from tops.gpu.simple_gla import chunk_simple_gla
 from tops.ops.simple_gla.alibi import FLOAT32_EXP_LIMIT, make_alibi_g_gamma, max_discarded_exponent
 from tops.precision.cases.simple_gla import OPERAND_UNIT, OUTPUT_UNIT, random_arrays
+from tops.precision.cases.simple_gla_grad import GRADIENTS
 from tops.precision.convert import from_torch, to_torch
-
-# input name -> name of its gradient in the reference's result
-GRADIENTS = {
-    "q": "dq",
-    "k": "dk",
-    "v": "dv",
-    "g": "dg",
-    "g_gamma": "dg_gamma",
-    "initial_state": "dh0",
-}
 
 
 def _tolerance(dtype: str, grad_dtype, seq_len: int, chunk: int, key_dim, value_dim) -> float:

@@ -11,19 +11,6 @@ the bound grows with T and the chunk size. Measured: ε_GPU <= 8.2e-3 (bf16 o) a
 1.5e-3 (f32 o); ε_TPU at the bf16 floor, <= 3.2e-7 for f32 outputs.
 """
 
-import pytest
+from tops.precision.testing import precision_tests
 
-from tops.precision.testing import case_params, check_rule2, check_rules_1_and_3
-
-OP = "simple_gla"
-
-
-@pytest.mark.parametrize("case", case_params(OP))
-@pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_rules_1_and_3(backend, case, baseline_ledger):
-    check_rules_1_and_3(OP, case, backend, baseline_ledger)
-
-
-@pytest.mark.parametrize("case", case_params(OP))
-def test_rule2_tpu_vs_gpu(case):
-    check_rule2(OP, case)
+test_rules_1_and_3, test_rule2_tpu_vs_gpu = precision_tests("simple_gla")

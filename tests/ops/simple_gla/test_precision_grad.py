@@ -13,19 +13,6 @@ to 1/4 of its random-walk size). Measured: ε_GPU <= 6.6e-3 (bf16 dq, dk, dv) an
 (f32); ε_TPU at the bf16 floor for bf16 dq, dk, dv and <= 3.5e-7 otherwise.
 """
 
-import pytest
+from tops.precision.testing import precision_tests
 
-from tops.precision.testing import case_params, check_rule2, check_rules_1_and_3
-
-OP = "simple_gla_grad"
-
-
-@pytest.mark.parametrize("case", case_params(OP))
-@pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_rules_1_and_3(backend, case, baseline_ledger):
-    check_rules_1_and_3(OP, case, backend, baseline_ledger)
-
-
-@pytest.mark.parametrize("case", case_params(OP))
-def test_rule2_tpu_vs_gpu(case):
-    check_rule2(OP, case)
+test_rules_1_and_3, test_rule2_tpu_vs_gpu = precision_tests("simple_gla_grad")

@@ -6,19 +6,6 @@ Tolerance, derived in ``tops/precision/cases/temperature_softmax_grad.py``:
 ``ε <= u_out + (forward tolerance at V) + 4 * 2**-24``.
 """
 
-import pytest
+from tops.precision.testing import precision_tests
 
-from tops.precision.testing import case_params, check_rule2, check_rules_1_and_3
-
-OP = "temperature_softmax_grad"
-
-
-@pytest.mark.parametrize("case", case_params(OP))
-@pytest.mark.parametrize("backend", ["tpu", "gpu"])
-def test_rules_1_and_3(backend, case, baseline_ledger):
-    check_rules_1_and_3(OP, case, backend, baseline_ledger)
-
-
-@pytest.mark.parametrize("case", case_params(OP))
-def test_rule2_tpu_vs_gpu(case):
-    check_rule2(OP, case)
+test_rules_1_and_3, test_rule2_tpu_vs_gpu = precision_tests("temperature_softmax_grad")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tops import backends, cpu, ops
 from tops.precision.cases.temperature_softmax import OUTPUT, tolerance
+from tops.precision.convert import to_torch
 from tops.precision.metrics import compare
 from tops.precision.testing import attempt, property_settings
 
@@ -75,20 +76,16 @@ def _tpu_check(drawn) -> None:
 
 
 def _gpu_check(drawn) -> None:
-    import torch
-
     from tops import gpu
 
     device = backends.torch_device()
-
-    def to_torch(value):
-        if isinstance(value, np.ndarray) and value.dtype == ml_dtypes.bfloat16:
-            return torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16).to(device)
-        return torch.from_numpy(np.array(value)).to(device)
-
     logits, temperature = drawn
-    t = temperature if isinstance(temperature, float | np.floating) else to_torch(temperature)
-    probs, _ = attempt(lambda: gpu.temperature_softmax(to_torch(logits), t), ARGUMENTS)
+    t = (
+        temperature
+        if isinstance(temperature, float | np.floating)
+        else to_torch(temperature, device)
+    )
+    probs, _ = attempt(lambda: gpu.temperature_softmax(to_torch(logits, device), t), ARGUMENTS)
     if probs is not None:
         _check(probs.cpu().numpy(), logits, temperature)
 

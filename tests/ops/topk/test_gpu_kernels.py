@@ -13,10 +13,10 @@ import tops.gpu  # noqa: F401  (configures the Triton interpreter before the ker
 from tops import backends
 from tops.cpu.selection import topk as reference_topk
 from tops.gpu.selection import topk
+from tops.precision.testing import bits
 from tops.spec.topk import FILL_INDEX
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 PATTERNS = (
     "random",
     "equal",
@@ -61,14 +61,10 @@ def _batch(dtype: str, vocab: int, patterns=PATTERNS, seed: int = 0) -> torch.Te
     return x.to(backends.torch_device())
 
 
-def _bits(t: torch.Tensor) -> np.ndarray:
-    return t.cpu().view(BITS[t.dtype]).numpy()
-
-
 def _order_keys(x: torch.Tensor) -> np.ndarray:
     """The contract's order as int64 keys (NaN lowest), computed here with NumPy."""
-    bits = x.cpu().float().view(torch.int32).numpy().astype(np.int64)
-    keys = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    pattern = x.cpu().float().view(torch.int32).numpy().astype(np.int64)
+    keys = np.where(pattern < 0, pattern ^ 0x7FFFFFFF, pattern)
     return np.where(np.isnan(x.cpu().float().numpy()), -(2**32), keys)
 
 
@@ -84,8 +80,8 @@ def _check(x: torch.Tensor, k, **kwargs) -> None:
     np.testing.assert_array_equal(got, ref_indices)
     live = got != FILL_INDEX
     rows = np.nonzero(live)[0]
-    gathered = _bits(x)[rows, got[live]]
-    np.testing.assert_array_equal(_bits(values)[live], gathered)
+    gathered = bits(x)[rows, got[live]]
+    np.testing.assert_array_equal(bits(values)[live], gathered)
     assert np.all(values.cpu().float().numpy()[~live] == -np.inf)
     assert np.all(np.isnan(ref_values) == np.isnan(values.cpu().float().numpy()))
 

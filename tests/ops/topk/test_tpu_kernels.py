@@ -243,7 +243,7 @@ def test_tpu_termination_stats():
     rows = kernel.rows_per_block("bfloat16")
     stats = kernel.termination_stats(jnp.asarray(x), 64)
     first, final = kernel.depth_schedule(64, 50257, rows)
-    width = kernel.PASS_WIDTH
+    width = kernel.BLOCKS.pass_width
     assert stats["path"] == "fast" and stats["rows_per_block"] == rows
     assert stats["schedule"] == (first, width, final) and final == 64
     depth = dict(zip([p.__name__ for p in PATTERNS], stats["depth"], strict=False))
