@@ -1,7 +1,7 @@
 """``python -m tops.precision.fingerprint OP/CASE [OP/CASE ...]``: one JSON line per kernel
 output of the named cases: a SHA-256 of its bytes, its ε and the verdicts of rules 1-3.
 
-The interpret modes must give the same bits on every host (DESIGN.md, "Faithful
+The interpret modes must give the same bits on every host (ARCHITECTURE.md, "Faithful
 interpretation"); ``tests/precision/test_reproducibility.py`` runs this module under
 settings that imitate other hosts (OpenBLAS kernel family and threads, XLA:CPU's ISA,
 NumPy's SIMD dispatch, torch's CPU capability and threads) and compares the lines.

@@ -1,4 +1,4 @@
-"""Error metrics of one output against its float64 reference (DESIGN.md, the contract).
+"""Error metrics of one output against its float64 reference (ARCHITECTURE.md, the contract).
 
 ==============  =========================================================================
 ``rel_l2``      the ε: ``||out - ref||_2 / ||ref||_2`` over the elements where ``ref`` is

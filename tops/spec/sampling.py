@@ -1,11 +1,26 @@
 """Contract of top-k / top-p / min-p sampling, shared by the TPU, GPU and CPU trees.
 
+``tops.ops.sample``, ``tops.gpu.sample`` and ``tops.cpu.sample`` ``(logits, *,
+temperature, seed, step, top_k=0, top_p=1.0, min_p=0.0, max_k=None, debug=False)``
+return ``(next_tokens int32 [B], valid bool [B])`` and, with ``debug``, a mapping of
+:data:`DEBUG_NAMES` in that order: ``greedy_sampled`` int32 ``[B]``,
+``topk_logits_unsorted [B, V]`` (logits dtype), ``topk_topp_unnorm_probs_i32_unsorted``
+int32 ``[B, V]``, ``random_unnorm_cdf_sampled`` (high, low) uint32 ``[B]`` and
+``next_tokens``. ``max_k`` None takes the arbitrary-k path; an int, the bounded-k path
+(step 2), whose result the reference gives for the same ``max_k``.
+
 Every step that decides a token is integer arithmetic or a fixed sequence of IEEE
 float32 add, subtract, multiply, compare, floor and exact power-of-two scaling, never a
 transcendental, a division, a fused multiply-add or a float sum in a platform-chosen
-order, so the three trees compute the same bits (ARCHITECTURE.md, "Sampling", gives the
-argument). The CPU tree (``tops/cpu/sampling.py``) is the executable definition; this
-module holds the constants and the argument checks.
+order, so the three trees compute the same bits. ``quantize`` is a float32 Horner
+evaluation of ``EXP_COEFFICIENTS`` and ``reciprocal`` ``NEWTON_STEPS`` Newton steps, each
+operation correctly rounded on TPU, GPU and NumPy; zeros and subnormals are flushed to
+``+0.0`` by a bit test, so flush-to-zero and IEEE hardware agree; no product feeding an
+add may be contracted into an FMA (the GPU kernels are compiled with
+``enable_fp_fusion=False``, the Pallas kernels keep XLA from fusing); sums, thresholds
+and the CDF are integers (int32 limbs on TPU), as is threefry2x32. The CPU tree
+(``tops/cpu/sampling.py``: ``quantize``, ``reciprocal``) is the executable definition;
+this module holds the constants and the argument checks.
 
 Per row ``b`` of ``logits [B, V]`` (``x`` below), in this order:
 

@@ -1,4 +1,12 @@
-"""Argument contract of chunked simple gated linear attention (shared by the three trees).
+"""Contract of chunked simple gated linear attention (shared by the three trees).
+
+``chunk_simple_gla(q, k, v, *, g=None, g_gamma=None, scale=None, initial_state=None,
+output_final_state=False, cu_seqlens=None, chunk_size=64) -> (o, final_state)`` in
+``tops.ops`` (JAX), ``tops.gpu`` (torch, which also takes flash-linear-attention's
+positional order ``q, k, v, g, g_gamma, scale, initial_state, output_final_state,
+cu_seqlens``) and ``tops.cpu.simple_gla`` (float64). ``q, k [B, T, H, K]`` and
+``v [B, T, H, V]`` share one dtype, bf16 or f32; ``o [B, T, H, V]`` has ``v``'s dtype;
+``final_state`` is float32 ``[N, H, K, V]`` with ``output_final_state``, else None.
 
 Recurrence, per sequence and head, for ``t = 0 .. T-1``::
 
@@ -62,6 +70,14 @@ in ``tests/ops/simple_gla/test_special_values.py``):
 
 ``chunk_size`` (64 or 128) only changes how the kernels block the sequence, not the
 mathematical result.
+
+Gradients (``jax.grad`` through ``tops.ops``, ``loss.backward()`` through ``tops.gpu``):
+of ``q, k, v, g, g_gamma, initial_state`` for cotangents of both ``o`` and
+``final_state``, each in its input's dtype, for every input the forward accepts.
+``d g_gamma[h]`` is the exact derivative, the sum over every token of head ``h`` of its
+total-decay gradient (flash-linear-attention returns none); ``cu_seqlens`` gets none.
+First derivatives only. Reference: ``tops.cpu.simple_gla.chunk_simple_gla_grad``, the
+vjp of the float64 step recurrence per sequence.
 
 Bad input, the same on both APIs: every error is raised before any kernel is built and
 names the argument; higher-order derivatives name the limit (``FIRST_DERIVATIVES_ONLY``).

@@ -1,10 +1,26 @@
-"""Argument contract of temperature softmax (shared by the TPU, GPU and CPU trees).
+"""Contract of temperature softmax (shared by the TPU, GPU and CPU trees).
 
 ``tops.ops.temperature_softmax(logits, temperature)`` (JAX),
 ``tops.gpu.temperature_softmax(logits, temperature, *, out=None)`` and
-``tops.gpu.temperature_softmax_`` (torch), ``tops.cpu.temperature_softmax`` (float64):
-``logits [B, V]`` bf16/f16/f32, ``temperature`` a number or a ``[]``/``[B]`` array.
-The forward's special rows are in ARCHITECTURE.md ("Temperature softmax").
+``tops.gpu.temperature_softmax_(logits, temperature)`` (torch, in place, float32 logits),
+``tops.cpu.temperature_softmax`` (float64): ``logits [B, V]`` bf16/f16/f32 with any
+``B >= 0`` and ``1 <= V <= MAX_VOCAB``; ``temperature`` a number or a ``[]``/``[B]`` array,
+rounded to float32. Returns the probabilities, float32 ``[B, V]`` (float64 for the
+reference).
+
+Per row, in order of precedence (``m`` = the maximum of the raw logits):
+
+1. NaN temperature, negative temperature (run-time) or any NaN logit: all NaN.
+2. ``m = -inf`` (all ``-inf``): all zeros.
+3. ``T < SMALLEST_NORMAL_F32 = 2**-126`` (zero and float32 subnormals, which TPUs flush):
+   one-hot at the first index of ``m``.
+4. ``T >= UNIFORM_TEMPERATURE = 2**64`` (``+inf`` included): uniform over the entries
+   above ``-inf``.
+5. Otherwise ``p_i = exp(z_i) / sum_j exp(z_j)`` with ``z_i = -inf`` where
+   ``x_i = -inf``, ``0`` where ``x_i = m`` (so ``+inf`` logits share the mass evenly),
+   ``-inf`` for the other entries when ``m = +inf``, and ``(x_i - m) / T`` otherwise. The
+   exponent is masked before ``exp``, and the maximum is over the raw logits, so no
+   temperature overflows.
 
 Gradient (``jax.vjp``/``jax.grad`` through ``tops.ops``, ``backward`` through
 ``tops.gpu.temperature_softmax`` without ``out``; reference

@@ -1,4 +1,10 @@
-"""Argument contract of exact top-k (shared by the TPU, GPU and CPU trees).
+"""Contract of exact top-k (shared by the TPU, GPU and CPU trees).
+
+``tops.ops.topk(x, k, *, max_k=None)`` (JAX), ``tops.gpu.topk`` (torch) and
+``tops.cpu.topk`` (NumPy): ``x [B, V]`` bf16/f16/f32 with any ``B >= 0`` and
+``1 <= V <= MAX_VOCAB``; ``k`` a Python int in ``[1, V]``, or an integer array with a
+static ``max_k`` in ``[1, V]``. Returns ``(values [B, w]`` in ``x``'s dtype,
+``indices [B, w]`` int32), ``w = k`` or ``max_k``.
 
 The order, on every backend: values descending in IEEE total order, except that NaN
 (of either sign) ranks below every other value, ``-inf`` included; so ``+0.0`` ranks
@@ -14,11 +20,10 @@ Per-row ``k`` (an integer array ``[B]``, or ``[]`` for every row, with a static
 them hold ``FILL_INDEX`` and a value of ``-inf``.
 
 Bad input: one row per class of input; ``tops.cpu.topk`` validates as ``tops.ops``. The
-tests are ``test_tpu_...`` in ``tests/ops/topk/test_api.py`` and ``test_gpu_...`` in
-``tests/ops/topk/test_gpu_api.py``.
+tests are ``test_<row>[tpu]`` and ``test_<row>[gpu]`` in ``tests/ops/topk/test_api.py``.
 
 +----------------+-------------------------+-------------------------+-----------------------------+
-| input          | tops.ops                | tops.gpu                | test_{tpu,gpu}_...          |
+| input          | tops.ops                | tops.gpu                | test_...                    |
 +================+=========================+=========================+=============================+
 | lists, tuples  | TypeError naming x or   | TypeError naming x or   | lists_and_tuples            |
 |                | k: "x must be a JAX or  | k: "x must be a torch   |                             |
