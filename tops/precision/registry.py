@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -33,8 +34,9 @@ KERNEL_BACKENDS = ("tpu", "gpu")
 class Case:
     """One input configuration of an op.
 
-    ``make_inputs`` is deterministic (seeded). ``tolerance`` maps each output to its
-    rule-1 bound on ε, the op's documented tolerance for this dtype and shape.
+    ``make_inputs`` is deterministic: its random draws are seeded by :func:`case_seed`.
+    ``tolerance`` maps each output to its rule-1 bound on ε, the op's documented
+    tolerance for this dtype and shape.
     """
 
     name: str
@@ -74,6 +76,12 @@ class Op:
             if case.name == name:
                 return case
         raise KeyError(f"{self.name} has no case {name!r}")
+
+
+def case_seed(op_name: str, case_name: str) -> int:
+    """The seed of a case's random inputs, derived from its op and name alone, so that
+    adding, removing or reordering cases never changes another case's inputs."""
+    return zlib.crc32(f"{op_name}|{case_name}".encode())
 
 
 @functools.cache

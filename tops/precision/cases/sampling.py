@@ -26,7 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from tops.precision.metrics import EXACT, numpy_dtype
-from tops.precision.registry import Arrays, Case, Op
+from tops.precision.registry import Arrays, Case, Op, case_seed
+
+OP_NAME = "sampling"
 
 EXACT_OUTPUTS = (
     "next_tokens",
@@ -170,12 +172,15 @@ def _rows(batch: int, rng: np.random.Generator, **fixed) -> dict[str, np.ndarray
     return mix
 
 
-def _case(
-    name: str, make_logits, *, max_k: int | None = None, seed: int, slow: bool = False, **fixed
-) -> Case:
+def _case(name: str, make_logits, *, max_k: int | None = None, slow: bool = False, **fixed) -> Case:
+    """The case ``{name}_arbitrary`` (or ``_bounded{max_k}``): logits from
+    ``make_logits(rng)``, then the rows' parameters, from one generator seeded by ``name``,
+    so that both paths of one ``name`` see the same inputs."""
+
     def make() -> Arrays:
-        logits = make_logits()
-        inputs = {"logits": logits, **_rows(logits.shape[0], np.random.default_rng(seed), **fixed)}
+        rng = np.random.default_rng(case_seed(OP_NAME, name))
+        logits = make_logits(rng)
+        inputs = {"logits": logits, **_rows(logits.shape[0], rng, **fixed)}
         if max_k is not None:
             inputs["max_k"] = np.asarray(max_k, np.int64)
         return inputs
@@ -185,18 +190,16 @@ def _case(
     return Case(f"{name}_{path}", make, tolerance, slow=slow)
 
 
-def _normal(dtype: str, batch: int, vocab: int, seed: int, spread: float = 3.0):
-    def make() -> np.ndarray:
-        rng = np.random.default_rng(seed)
+def _normal(dtype: str, batch: int, vocab: int, spread: float = 3.0):
+    def make(rng: np.random.Generator) -> np.ndarray:
         return (rng.standard_normal((batch, vocab)) * spread).astype(numpy_dtype(dtype))
 
     return make
 
 
-def _special_rows() -> np.ndarray:
+def _special_rows(rng: np.random.Generator) -> np.ndarray:
     """A NaN row, an all -inf row, +inf logits, all-equal, signed zeros, one finite
     value among -inf, and an ordinary row between them."""
-    rng = np.random.default_rng(31)
     rows = rng.standard_normal((8, 300)).astype(np.float32)
     rows[0, 17] = np.nan
     rows[1, :] = -np.inf
@@ -214,14 +217,13 @@ def _cases() -> tuple[Case, ...]:
     cases = []
     for max_k in (None, 64):
         cases += [
-            _case("mix_float32_B13_V1000", _normal("float32", 13, 1000, 1), max_k=max_k, seed=2),
-            _case("mix_bfloat16_B9_V50257", _normal("bfloat16", 9, 50257, 3), max_k=max_k, seed=4),
-            _case("mix_float16_B5_V127", _normal("float16", 5, 127, 5), max_k=max_k, seed=6),
+            _case("mix_float32_B13_V1000", _normal("float32", 13, 1000), max_k=max_k),
+            _case("mix_bfloat16_B9_V50257", _normal("bfloat16", 9, 50257), max_k=max_k),
+            _case("mix_float16_B5_V127", _normal("float16", 5, 127), max_k=max_k),
             _case(
                 "serving_bfloat16_B4_V128256",
-                _normal("bfloat16", 4, 128256, 7, spread=2.0),
+                _normal("bfloat16", 4, 128256, spread=2.0),
                 max_k=max_k,
-                seed=8,
                 temperature=0.8,
                 top_k=50,
                 top_p=0.95,
@@ -231,17 +233,13 @@ def _cases() -> tuple[Case, ...]:
                 "special_rows_float32_V300",
                 _special_rows,
                 max_k=max_k,
-                seed=9,
                 temperature=[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0],
             ),
-            _case(
-                "empty_batch_float32_V1000", _normal("float32", 0, 1000, 10), max_k=max_k, seed=11
-            ),
+            _case("empty_batch_float32_V1000", _normal("float32", 0, 1000), max_k=max_k),
             _case(
                 "extreme_temperatures_float32_B6_V1000",
-                _normal("float32", 6, 1000, 12, spread=10.0),
+                _normal("float32", 6, 1000, spread=10.0),
                 max_k=max_k,
-                seed=13,
                 temperature=[1e-4, 1e4, np.inf, 2.0**-126, 2.0**-127, 1.0],
                 top_k=0,
                 top_p=1.0,
@@ -249,20 +247,18 @@ def _cases() -> tuple[Case, ...]:
             ),
         ]
     cases += [
-        _case("vocab1_float32_B3_V1", _normal("float32", 3, 1, 14), max_k=1, seed=15),
-        _case("vocab1_float32_B3_V1", _normal("float32", 3, 1, 14), seed=15),
+        _case("vocab1_float32_B3_V1", _normal("float32", 3, 1), max_k=1),
+        _case("vocab1_float32_B3_V1", _normal("float32", 3, 1)),
         _case(
             "full_vocab_float32_B2_V262144",
-            _normal("float32", 2, 262144, 16),
-            seed=17,
+            _normal("float32", 2, 262144),
             top_k=0,
             top_p=0.9,
         ),
         _case(
             "full_vocab_bfloat16_B2_V262144",
-            _normal("bfloat16", 2, 262144, 18),
+            _normal("bfloat16", 2, 262144),
             max_k=256,
-            seed=19,
             top_k=256,
         ),
     ]
@@ -274,7 +270,7 @@ def _output_dtypes(inputs: Arrays) -> dict[str, str]:
 
 
 OP = Op(
-    name="sampling",
+    name=OP_NAME,
     output_dtypes=_output_dtypes,
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},

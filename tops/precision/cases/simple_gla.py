@@ -35,7 +35,9 @@ import numpy as np
 
 from tops.precision.cases.summation_order import chunked_outer_sum
 from tops.precision.metrics import numpy_dtype
-from tops.precision.registry import Arrays, Case, Op, OrderModel
+from tops.precision.registry import Arrays, Case, Op, OrderModel, case_seed
+
+OP_NAME = "simple_gla"
 
 SLOW_TOKEN_HEADS = 8192
 GATES = ("g", "g_gamma", "both", "none")
@@ -167,13 +169,20 @@ def _case(
     scale: float | None = None,
     cu_seqlens: tuple[int, ...] | None = None,
     resets: tuple[int, ...] = (),
-    seed: int,
 ) -> Case:
     num_states = batch if cu_seqlens is None else len(cu_seqlens) - 1
+    name = (
+        f"{dtype}_B{batch}_T{seq_len}_H{heads}_K{key_dim}_V{value_dim}_C{chunk_size}_{gate}"
+        + ("_h0" if initial_state else "")
+        + ("_hT" if final_state else "")
+        + ("" if scale is None else f"_scale{scale}")
+        + ("" if cu_seqlens is None else "_cu" + "-".join(map(str, cu_seqlens)))
+        + ("_reset" + "-".join(map(str, resets)) if resets else "")
+    )
 
     def make() -> Arrays:
         inputs = random_arrays(
-            np.random.default_rng(seed),
+            np.random.default_rng(case_seed(OP_NAME, name)),
             batch=batch,
             seq_len=seq_len,
             heads=heads,
@@ -193,26 +202,15 @@ def _case(
             inputs["g"][:, list(resets), :] = -np.inf
         return inputs
 
-    name = (
-        f"{dtype}_B{batch}_T{seq_len}_H{heads}_K{key_dim}_V{value_dim}_C{chunk_size}_{gate}"
-        + ("_h0" if initial_state else "")
-        + ("_hT" if final_state else "")
-        + ("" if scale is None else f"_scale{scale}")
-        + ("" if cu_seqlens is None else "_cu" + "-".join(map(str, cu_seqlens)))
-        + ("_reset" + "-".join(map(str, resets)) if resets else "")
-    )
     slow = batch * seq_len * heads > SLOW_TOKEN_HEADS
     return Case(name, make, tolerance(dtype, seq_len, chunk_size, key_dim), slow=slow)
 
 
 def _cases() -> tuple[Case, ...]:
     grid = []
-    seed = 0
 
     def add(**params) -> None:
-        nonlocal seed
-        seed += 1
-        grid.append(_case(seed=seed, **params))
+        grid.append(_case(**params))
 
     # Every T, gate, chunk size and dtype, with and without states, at K = V = 64.
     for dtype in ("float32", "bfloat16"):
@@ -293,11 +291,10 @@ def _cases() -> tuple[Case, ...]:
 
 
 def add_resets(add) -> None:
-    """Cases with ``g = -inf`` (exact resets, ``tops/spec/simple_gla.py``), registered after
-    every other case so that their seeds leave the others' inputs unchanged: at the first
+    """Cases with ``g = -inf`` (exact resets, ``tops/spec/simple_gla.py``): at the first
     and last token, inside chunks, on both sides of chunk boundaries, twice in a row, in
     every sequence of a varlen batch, with and without ``g_gamma``, both dtypes and chunk
-    sizes. ``add`` takes :func:`_case`'s keyword arguments but the seed."""
+    sizes. ``add`` takes :func:`_case`'s keyword arguments."""
     shape = dict(batch=2, seq_len=200, heads=2, key_dim=64, value_dim=64)
     add(dtype="float32", chunk_size=64, gate="g", initial_state=True, final_state=True,
         resets=(0, 30, 63, 64, 100, 101, 199), **shape)  # fmt: skip
@@ -333,7 +330,7 @@ def _draw_order(inputs: Arrays, output: str, rng: np.random.Generator) -> np.nda
 
 
 OP = Op(
-    name="simple_gla",
+    name=OP_NAME,
     output_dtypes=_output_dtypes,
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},

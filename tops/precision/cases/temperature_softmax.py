@@ -21,7 +21,9 @@ import math
 import numpy as np
 
 from tops.precision.metrics import numpy_dtype
-from tops.precision.registry import Arrays, Case, Op
+from tops.precision.registry import Arrays, Case, Op, case_seed
+
+OP_NAME = "temperature_softmax"
 
 OUTPUT = "probs"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -68,9 +70,11 @@ def _inputs(logits: np.ndarray, temperature, dtype: str) -> Arrays:
     }
 
 
-def _random(dtype: str, batch: int, vocab: int, temperature: str, seed: int):
+def _random(dtype: str, batch: int, vocab: int, temperature: str):
+    name = f"{dtype}_B{batch}_V{vocab}_T{temperature}"
+
     def make() -> Arrays:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(case_seed(OP_NAME, name))
         logits = rng.standard_normal((batch, vocab)) * 4.0
         if temperature == "mixed":
             t = np.resize(MIXED_TEMPERATURES, batch)
@@ -79,7 +83,6 @@ def _random(dtype: str, batch: int, vocab: int, temperature: str, seed: int):
         return _inputs(logits, t, dtype)
 
     slow = batch * vocab > 600_000
-    name = f"{dtype}_B{batch}_V{vocab}_T{temperature}"
     return Case(name, make, tolerance(vocab), slow=slow)
 
 
@@ -89,21 +92,20 @@ def _fixed(name: str, rows, temperature, dtype: str = "float32") -> Case:
 
 
 def _cases() -> tuple[Case, ...]:
-    cases = []
-    seed = 0
-    for dtype in DTYPES:
-        for batch, vocab in ((1, 1), (5, 1000), (3, 4097), (2, 40000)):
-            for temperature in ("1.0", "mixed"):
-                seed += 1
-                cases.append(_random(dtype, batch, vocab, temperature, seed))
+    cases = [
+        _random(dtype, batch, vocab, temperature)
+        for dtype in DTYPES
+        for batch, vocab in ((1, 1), (5, 1000), (3, 4097), (2, 40000))
+        for temperature in ("1.0", "mixed")
+    ]
     cases += [
-        _random("bfloat16", 2, 151936, "0.7", 101),
-        _random("bfloat16", 2, 201088, "mixed", 102),
-        _random("float32", 1, 262144, "1.0", 103),
-        _random("float32", 1024, 128, "mixed", 104),
-        _random("bfloat16", 8, 201088, "1.0", 105),
-        _random("float32", 0, 1000, "1.0", 106),
-        _random("bfloat16", 2, 300000, "mixed", 107),
+        _random("bfloat16", 2, 151936, "0.7"),
+        _random("bfloat16", 2, 201088, "mixed"),
+        _random("float32", 1, 262144, "1.0"),
+        _random("float32", 1024, 128, "mixed"),
+        _random("bfloat16", 8, 201088, "1.0"),
+        _random("float32", 0, 1000, "1.0"),
+        _random("bfloat16", 2, 300000, "mixed"),
         _fixed("all_equal_V50000", [[3.0] * 50000], 0.9),
         _fixed("spread_1e6_T0.01", [[1e6, -1e6, 0.0]], 0.01),
         _fixed("close_1e4_T0.01", [[1e4, 1e4 + 1, 1e4 - 1]], 0.01),
@@ -115,7 +117,7 @@ def _cases() -> tuple[Case, ...]:
 
 
 def _near_uniform() -> Arrays:
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(case_seed(OP_NAME, "near_uniform_T100"))
     return _inputs(rng.standard_normal((4, 3000)), 100.0, "bfloat16")
 
 
@@ -123,7 +125,7 @@ def _special_rows() -> Arrays:
     """One row per special case of the contract, next to ordinary rows."""
     inf, nan = np.inf, np.nan
     v = 300
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(case_seed(OP_NAME, "special_rows"))
     rows = rng.standard_normal((12, v)) * 3
     temperature = np.ones(12)
     rows[0, 17] = nan  # NaN logit: all NaN
@@ -146,7 +148,7 @@ def _special_rows() -> Arrays:
 
 
 OP = Op(
-    name="temperature_softmax",
+    name=OP_NAME,
     output_dtypes=lambda inputs: {OUTPUT: "float32"},
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},

@@ -40,7 +40,9 @@ from __future__ import annotations
 import numpy as np
 
 from tops.precision.cases import temperature_softmax as forward
-from tops.precision.registry import Arrays, Case, Op
+from tops.precision.registry import Arrays, Case, Op, case_seed
+
+OP_NAME = "temperature_softmax_grad"
 
 OUTPUT = "dlogits"
 # The forward cases reused, by name: both kernel paths of each backend (V = 40000 takes
@@ -98,12 +100,12 @@ def tolerance(dtype: str, vocab: int) -> dict[str, float]:
     return {OUTPUT: u_out + forward.tolerance(vocab)[forward.OUTPUT] + 4 * 2.0**-24}
 
 
-def _case(name: str, seed: int) -> Case:
+def _case(name: str) -> Case:
     source = forward.OP.case(name)
 
     def make() -> Arrays:
         inputs = source.make_inputs()
-        rng = np.random.default_rng(1000 + seed)
+        rng = np.random.default_rng(case_seed(OP_NAME, name))
         inputs["g"] = rng.standard_normal(inputs["logits"].shape).astype(np.float32)
         return inputs
 
@@ -113,9 +115,9 @@ def _case(name: str, seed: int) -> Case:
 
 
 OP = Op(
-    name="temperature_softmax_grad",
+    name=OP_NAME,
     output_dtypes=lambda inputs: {OUTPUT: str(inputs["logits"].dtype)},
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
-    cases=tuple(_case(name, seed) for seed, name in enumerate(FORWARD_CASES)),
+    cases=tuple(_case(name) for name in FORWARD_CASES),
 )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from tops.precision.metrics import EXACT, numpy_dtype
-from tops.precision.registry import Arrays, Case, Op
+from tops.precision.registry import Arrays, Case, Op, case_seed
+
+OP_NAME = "topk"
 
 OUTPUTS = ("values", "indices")
 EXACT_TOLERANCE = dict.fromkeys(OUTPUTS, 0.0)
@@ -57,11 +59,11 @@ def _run_gpu(inputs: Arrays) -> Arrays:
 
 
 def _case(name: str, make_x, k, *, max_k: int | None = None, slow: bool = False) -> Case:
-    """A case whose ``x`` comes from ``make_x()`` (already in its dtype); ``k`` an int, or
-    a per-row list with ``max_k``."""
+    """A case whose ``x`` comes from ``make_x(rng)`` (already in its dtype; ``rng`` seeded
+    by the case's name); ``k`` an int, or a per-row list with ``max_k``."""
 
     def make() -> Arrays:
-        inputs = {"x": make_x()}
+        inputs = {"x": make_x(np.random.default_rng(case_seed(OP_NAME, name)))}
         if max_k is None:
             inputs["k"] = np.asarray(k, np.int64)
         else:
@@ -76,12 +78,11 @@ def _rounded(values: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(values, np.float64).astype(numpy_dtype(dtype))
 
 
-def _random(dtype: str, batch: int, vocab: int, k: int, seed: int, *, slow: bool = False):
+def _random(dtype: str, batch: int, vocab: int, k: int, *, slow: bool = False):
     """Normal rows; ``slow`` where the interpreters take minutes (B = 4096 launches 4096
     Triton programs, each a Python call in the interpreter) or past SLOW_ELEMENTS."""
 
-    def make_x() -> np.ndarray:
-        rng = np.random.default_rng(seed)
+    def make_x(rng: np.random.Generator) -> np.ndarray:
         return _rounded(rng.standard_normal((batch, vocab)) * 4.0, dtype)
 
     slow = slow or batch * vocab > SLOW_ELEMENTS
@@ -111,27 +112,25 @@ ADVERSARIAL = {
 
 
 def _adversarial_case(dtype: str, vocab: int, k: int) -> Case:
-    def make_x() -> np.ndarray:
+    def make_x(rng: np.random.Generator) -> np.ndarray:  # deterministic rows: no draw
         rows = [make_row(vocab) for make_row in ADVERSARIAL.values()]
         return _rounded(np.stack(rows), dtype)
 
     return _case(f"adversarial_{dtype}_V{vocab}_k{k}", make_x, k)
 
 
-def _tie_dense(dtype: str, batch: int, vocab: int, k: int, seed: int) -> Case:
+def _tie_dense(dtype: str, batch: int, vocab: int, k: int) -> Case:
     """Integers in [-20, 20): every value repeats thousands of times."""
 
-    def make_x() -> np.ndarray:
-        rng = np.random.default_rng(seed)
+    def make_x(rng: np.random.Generator) -> np.ndarray:
         return _rounded(rng.integers(-20, 20, (batch, vocab)), dtype)
 
     return _case(f"ties_{dtype}_B{batch}_V{vocab}_k{k}", make_x, k)
 
 
-def _special_rows() -> np.ndarray:
+def _special_rows(rng: np.random.Generator) -> np.ndarray:
     """NaN, -inf, signed zeros and +inf mixed into rows of 1000 (fewer than k non-NaN
     values in the last row, so its NaNs fill the tail)."""
-    rng = np.random.default_rng(11)
     rows = rng.standard_normal((5, 1000))
     rows[0, ::7] = np.nan
     rows[1, ::3] = -np.inf
@@ -146,43 +145,42 @@ def _special_rows() -> np.ndarray:
 
 
 def _cases() -> tuple[Case, ...]:
-    cases = []
-    seed = 0
-    for dtype in ("float32", "bfloat16"):
+    cases = [
+        _random(dtype, 3, vocab, k)
+        for dtype in ("float32", "bfloat16")
         for vocab, ks in (
             (1, (1,)),
             (127, (1, 8, 64, 127)),
             (128, (1, 128)),
             (1000, (8, 256, 1000)),
             (50257, (1, 64, 256, 1000)),
-        ):
-            for k in ks:
-                seed += 1
-                cases.append(_random(dtype, 3, vocab, k, seed))
+        )
+        for k in ks
+    ]
     cases += [
-        _random("float16", 3, 50257, 64, 201),
-        _random("float32", 300, 128, 8, 202),
-        _random("bfloat16", 2, 128256, 64, 203),
-        _random("bfloat16", 2, 151936, 128, 204),
-        _random("bfloat16", 2, 201088, 256, 205),
-        _random("float32", 2, 262144, 50, 206),
-        _random("float32", 2, 50257, 50257, 207),
-        _random("bfloat16", 8, 201088, 64, 208),
-        _random("float32", 0, 1000, 8, 209),
-        _random("float32", 4096, 128, 8, 214, slow=True),
-        _tie_dense("bfloat16", 3, 201088, 256, 210),
-        _tie_dense("bfloat16", 4, 50257, 1000, 211),
+        _random("float16", 3, 50257, 64),
+        _random("float32", 300, 128, 8),
+        _random("bfloat16", 2, 128256, 64),
+        _random("bfloat16", 2, 151936, 128),
+        _random("bfloat16", 2, 201088, 256),
+        _random("float32", 2, 262144, 50),
+        _random("float32", 2, 50257, 50257),
+        _random("bfloat16", 8, 201088, 64),
+        _random("float32", 0, 1000, 8),
+        _random("float32", 4096, 128, 8, slow=True),
+        _tie_dense("bfloat16", 3, 201088, 256),
+        _tie_dense("bfloat16", 4, 50257, 1000),
         _case("special_rows_k8", _special_rows, 8),
         _case("special_rows_k999", _special_rows, 999),
         _case(
             "per_row_float32_V1000",
-            lambda: _rounded(np.random.default_rng(212).standard_normal((6, 1000)), "float32"),
+            lambda rng: _rounded(rng.standard_normal((6, 1000)), "float32"),
             [1, 0, 5, 64, -3, 100],
             max_k=64,
         ),
         _case(
             "per_row_bfloat16_V50257",
-            lambda: _rounded(np.random.default_rng(213).standard_normal((3, 50257)), "bfloat16"),
+            lambda rng: _rounded(rng.standard_normal((3, 50257)), "bfloat16"),
             [256, 17, 300],
             max_k=256,
         ),
@@ -198,7 +196,7 @@ def _output_dtypes(inputs: Arrays) -> dict[str, str]:
 
 
 OP = Op(
-    name="topk",
+    name=OP_NAME,
     output_dtypes=_output_dtypes,
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
