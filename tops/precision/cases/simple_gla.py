@@ -43,7 +43,7 @@ SLOW_TOKEN_HEADS = 8192
 GATES = ("g", "g_gamma", "both", "none")
 
 
-def _keyword_arguments(inputs: Arrays) -> dict:
+def keyword_arguments(inputs: Arrays) -> dict:
     """The static arguments of the call, from the case inputs."""
     kwargs = {
         "chunk_size": int(inputs["chunk_size"]),
@@ -67,7 +67,7 @@ def _reference(inputs: Arrays) -> Arrays:
     arrays = {name: inputs[name] for name in ARRAY_ARGUMENTS if name in inputs}
     return _outputs(
         *simple_gla.chunk_simple_gla(
-            inputs["q"], inputs["k"], inputs["v"], **arrays, **_keyword_arguments(inputs)
+            inputs["q"], inputs["k"], inputs["v"], **arrays, **keyword_arguments(inputs)
         )
     )
 
@@ -78,7 +78,7 @@ def _run_tpu(inputs: Arrays) -> Arrays:
 
     arrays = {name: to_jax(inputs[name]) for name in ARRAY_ARGUMENTS if name in inputs}
     o, final_state = simple_gla.chunk_simple_gla(
-        *(to_jax(inputs[name]) for name in ("q", "k", "v")), **arrays, **_keyword_arguments(inputs)
+        *(to_jax(inputs[name]) for name in ("q", "k", "v")), **arrays, **keyword_arguments(inputs)
     )
     return _outputs(from_jax(o), None if final_state is None else from_jax(final_state))
 
@@ -93,7 +93,7 @@ def _run_gpu(inputs: Arrays) -> Arrays:
     o, final_state = simple_gla.chunk_simple_gla(
         *(to_torch(inputs[name], device) for name in ("q", "k", "v")),
         **arrays,
-        **_keyword_arguments(inputs),
+        **keyword_arguments(inputs),
     )
     return _outputs(from_torch(o), None if final_state is None else from_torch(final_state))
 
@@ -154,7 +154,7 @@ def random_arrays(
     return arrays
 
 
-def _case(
+def case(
     *,
     dtype: str,
     batch: int,
@@ -170,6 +170,9 @@ def _case(
     cu_seqlens: tuple[int, ...] | None = None,
     resets: tuple[int, ...] = (),
 ) -> Case:
+    """The case of these parameters: its name spells them out, and its inputs
+    (:func:`random_arrays`, then ``g = -inf`` at ``resets``) are drawn from
+    ``case_seed("simple_gla", name)``."""
     num_states = batch if cu_seqlens is None else len(cu_seqlens) - 1
     name = (
         f"{dtype}_B{batch}_T{seq_len}_H{heads}_K{key_dim}_V{value_dim}_C{chunk_size}_{gate}"
@@ -210,7 +213,7 @@ def _cases() -> tuple[Case, ...]:
     grid = []
 
     def add(**params) -> None:
-        grid.append(_case(**params))
+        grid.append(case(**params))
 
     # Every T, gate, chunk size and dtype, with and without states, at K = V = 64.
     for dtype in ("float32", "bfloat16"):
@@ -294,7 +297,7 @@ def add_resets(add) -> None:
     """Cases with ``g = -inf`` (exact resets, ``tops/spec/simple_gla.py``): at the first
     and last token, inside chunks, on both sides of chunk boundaries, twice in a row, in
     every sequence of a varlen batch, with and without ``g_gamma``, both dtypes and chunk
-    sizes. ``add`` takes :func:`_case`'s keyword arguments."""
+    sizes. ``add`` takes :func:`case`'s keyword arguments."""
     shape = dict(batch=2, seq_len=200, heads=2, key_dim=64, value_dim=64)
     add(dtype="float32", chunk_size=64, gate="g", initial_state=True, final_state=True,
         resets=(0, 30, 63, 64, 100, 101, 199), **shape)  # fmt: skip

@@ -101,7 +101,7 @@ def _reference(inputs: Arrays) -> Arrays:
     from tops.cpu import simple_gla
 
     arrays = {name: inputs[name] for name in forward.ARRAY_ARGUMENTS if name in inputs}
-    kwargs = forward._keyword_arguments(inputs)
+    kwargs = forward.keyword_arguments(inputs)
     del kwargs["output_final_state"]  # implied by dht
     return simple_gla.chunk_simple_gla_grad(
         inputs["q"],
@@ -125,7 +125,7 @@ def _run_tpu(inputs: Arrays) -> Arrays:
     cu_seqlens = to_jax(inputs["cu_seqlens"]) if "cu_seqlens" in inputs else None
     do = to_jax(inputs["do"]).astype(jnp.float32)
     dht = to_jax(inputs["dht"]) if "dht" in inputs else None
-    kwargs = forward._keyword_arguments(inputs)
+    kwargs = forward.keyword_arguments(inputs)
 
     def loss(primals):
         o, final_state = simple_gla.chunk_simple_gla(
@@ -159,7 +159,7 @@ def _run_gpu(inputs: Arrays) -> Arrays:
         leaves["v"],
         **{name: leaves[name] for name in OPTIONAL_ARGUMENTS if name in leaves},
         cu_seqlens=cu_seqlens,
-        **forward._keyword_arguments(inputs),
+        **forward.keyword_arguments(inputs),
     )
     loss = (o.float() * to_torch(inputs["do"], device).float()).sum()
     if "dht" in inputs:
@@ -197,11 +197,11 @@ def tolerance(
 
 
 def _case(**params) -> Case:
-    """Forward case ``params`` (``tops.precision.cases.simple_gla._case``: the same
+    """Forward case ``params`` (``tops.precision.cases.simple_gla.case``: the same
     inputs as the forward case of that name) with its cotangents: ``do`` normal in the
     dtype of ``v`` and, when the forward returns the final state, ``dht`` normal float32
     ``[N, H, K, V]``, from a generator seeded by this op and the case name."""
-    base = forward._case(**params)
+    base = forward.case(**params)
     cu_seqlens = params.get("cu_seqlens")
     longest = params["seq_len"] if cu_seqlens is None else max(np.diff(cu_seqlens))
 
