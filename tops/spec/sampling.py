@@ -68,11 +68,11 @@ A parameter given as a number must be in range (:func:`validate`: ``temperature 
 values are those of per-row arrays, whose values are only known at run time.
 
 Bad input: one row per class of input; ``tops.cpu.sampling`` validates as ``tops.ops``.
-The tests are ``test_tpu_...`` in ``tests/ops/sampling/test_api.py`` and ``test_gpu_...``
-in ``tests/ops/sampling/test_gpu_api.py``.
+The tests are ``test_<row>[tpu]`` and ``test_<row>[gpu]`` in
+``tests/ops/sampling/test_api.py``.
 
 +----------------+-------------------------+-------------------------+-----------------------------+
-| input          | tops.ops                | tops.gpu                | test_{tpu,gpu}_...          |
+| input          | tops.ops                | tops.gpu                | test_...                    |
 +================+=========================+=========================+=============================+
 | lists, tuples  | TypeError naming the    | TypeError naming the    | lists_and_tuples            |
 |                | argument: "logits must  | argument: "... must be  |                             |

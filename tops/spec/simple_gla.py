@@ -81,11 +81,14 @@ vjp of the float64 step recurrence per sequence.
 
 Bad input, the same on both APIs: every error is raised before any kernel is built and
 names the argument; higher-order derivatives name the limit (``FIRST_DERIVATIVES_ONLY``).
-One test per row and API, ``test_tpu_<row>`` in ``tests/ops/simple_gla/test_api.py`` and
-``test_gpu_<row>`` in ``test_gpu_api.py``:
+The tests are ``test_<row>[tpu]`` and ``test_<row>[gpu]`` in
+``tests/ops/simple_gla/test_api.py``, except the device ``cu_seqlens`` row:
+``test_tpu_device_cu_seqlens`` there, and for ``tops.gpu`` (whose wrapper hands device
+offsets to the launchers) ``test_gpu_launchers_repair_raw_offsets`` in
+``test_gpu_robustness.py``:
 
 ================  ==============================  ============================  ====================
-input             ``tops.ops`` (JAX)              ``tops.gpu`` (torch)          test name suffix
+input             ``tops.ops`` (JAX)              ``tops.gpu`` (torch)          test_...
 ================  ==============================  ============================  ====================
 lists, tuples     TypeError: takes JAX or NumPy   TypeError: takes torch        lists_and_tuples
                   arrays (every array argument)   tensors
