@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tops.compile_only import TritonConfig
 from tops.spec.simple_gla import CHUNK_SIZES
 
 # Kernels that walk a sequence's chunks (the forward's states, the backward's dh) and
@@ -332,6 +333,26 @@ def signature_types(
         "gamma_ptr": "*fp32" if flags["USE_GAMMA"] else "constexpr",
     }
     return f"*{dtype}", ("*bf16" if dtype == "bf16" else "*fp32"), gates
+
+
+def shipped_config(
+    kernel_name: KernelName,
+    kernel: triton.JITFunction,
+    signature: dict[str, str],
+    chunk_size: int,
+    dtype: SignatureDtype,
+    variant: str,
+    constexprs: dict,
+) -> TritonConfig:
+    """The shipped configuration ``{kernel_name}_C{chunk_size}_{dtype}_{variant}`` of
+    ``kernel``, with the warps it launches with at ``chunk_size``."""
+    return TritonConfig(
+        f"{kernel_name}_C{chunk_size}_{dtype}_{variant}",
+        kernel,
+        signature,
+        constexprs,
+        {"num_warps": BLOCKS.num_warps(kernel_name, chunk_size)},
+    )
 
 
 def gate_configurations() -> Iterator[tuple[int, SignatureDtype, str, dict, dict]]:

@@ -37,6 +37,7 @@ from tops.gpu.simple_gla.common import (
     load_rows_t,
     load_state_block,
     sequence_block,
+    shipped_config,
     signature_types,
     store_rows,
 )
@@ -297,15 +298,11 @@ def _config(
     flags: dict,
     nones: dict,
 ) -> TritonConfig:
-    """The configuration ``{kernel_name}_C{chunk_size}_{dtype}_{variant}``: constexprs
+    """:func:`~tops.gpu.simple_gla.common.shipped_config` of this module's kernel: constexprs
     ``flags`` and the ``None`` pointers ``nones``."""
-    return TritonConfig(
-        f"{kernel_name}_C{chunk_size}_{dtype}_{variant}",
-        _KERNELS[kernel_name],
-        _signature(kernel_name, dtype, flags),
-        {**flags, **nones},
-        {"num_warps": BLOCKS.num_warps(kernel_name, chunk_size)},
-    )
+    signature = _signature(kernel_name, dtype, flags)
+    kernel = _KERNELS[kernel_name]
+    return shipped_config(kernel_name, kernel, signature, chunk_size, dtype, variant, flags | nones)
 
 
 def shipped_configs() -> list[TritonConfig]:
