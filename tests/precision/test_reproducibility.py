@@ -33,12 +33,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # Both simple GLA cases of the AMD report (bf16, no gate: pure summation order), a gated
 # f32 case (tf32 dots, exp forward and backward, the dg and d g_gamma reductions: its
 # d g_gamma followed OpenBLAS's kernels), the softmax case whose rule 3 followed NumPy's
-# exp, and the exact ops. About 25 s per setting on one core.
+# exp, the f32 softmax case whose ε followed NumPy's AVX-512 exp in the reference (until
+# tops.cpu.arith.exp), and the exact ops. About 25 s per setting on one core.
 CASES = (
     "simple_gla/bfloat16_B2_T63_H4_K64_V64_C128_none_hT",
     "simple_gla_grad/bfloat16_B2_T63_H4_K64_V64_C128_none_h0",
     "simple_gla_grad/float32_B2_T63_H4_K64_V64_C64_g_gamma_hT",
     "temperature_softmax/bfloat16_B3_V4097_T1.0",
+    "temperature_softmax/float32_B5_V1000_T1.0",
     "topk/float32_B3_V1000_k8",
     "sampling/mix_float16_B5_V127_bounded64",
 )

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from tops.cpu import arith
 from tops.spec.common import require_bool
 from tops.spec.sampling import (
     EXP_COEFFICIENTS,
@@ -294,7 +295,7 @@ def float64_probabilities(logits, temperature, support) -> np.ndarray:
         m = np.max(np.where(support, x, -np.inf), axis=-1, keepdims=True)
         exponent = np.where(x == m, 0.0, (x - m) / temperature)
         weight = np.where(
-            support & (exponent > -np.inf), np.exp(np.where(support, exponent, 0.0)), 0.0
+            support & (exponent > -np.inf), arith.exp(np.where(support, exponent, 0.0)), 0.0
         )
         total = weight.sum(axis=-1, keepdims=True)
         return np.where(total > 0, weight / np.where(total > 0, total, 1.0), 0.0)

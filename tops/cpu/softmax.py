@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from tops.cpu import arith
 from tops.spec.temperature_softmax import SMALLEST_NORMAL_F32, UNIFORM_TEMPERATURE, validate
 
 
@@ -49,7 +50,7 @@ def _softmax_row(x: np.ndarray, t: float) -> np.ndarray:
     if np.isfinite(m):
         finite = np.isfinite(x)
         z[finite] = 0.0 if t >= UNIFORM_TEMPERATURE else (x[finite] - m) / t
-    e = np.exp(z)
+    e = arith.exp(z)
     return e / e.sum()
 
 
