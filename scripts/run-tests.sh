@@ -17,6 +17,19 @@ stack() { # stack NAME COMMAND [ARGS...]
   summary+=("$(printf '%-13s %-6s %4d s  %s' "$name" "$status" $((SECONDS - start)) "$*")")
 }
 
+# tests/precision/test_report_page.py renders the report page in headless Chromium, taken
+# from the system packages (Debian/Ubuntu: apt-get, as root or through sudo) when missing;
+# TOPS_REQUIRE_BROWSER=1 makes that test fail, not skip, if Chromium is still not there.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt=(apt-get)
+  [ "$(id -u)" = 0 ] || apt=(sudo -n apt-get)
+  echo "=== installing Chromium: ${apt[*]} install chromium"
+  "${apt[@]}" install -y -qq --no-install-recommends chromium >/dev/null 2>&1 ||
+    { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq --no-install-recommends chromium; } ||
+    echo "run-tests.sh: could not install Chromium; the report page test will fail" >&2
+fi
+export TOPS_REQUIRE_BROWSER=1
+
 # The whole suite: Python 3.11, jax 0.10.2 with libtpu, torch 2.13 (CPU), Triton 3.9.
 stack main python -m pytest -n 2 --dist loadgroup
 # The CUDA image's TPU side: Python 3.12, jax 0.11.2, no torch, tops installed from its

@@ -254,9 +254,17 @@ def test_report_prints_writes_and_gates(monkeypatch, tmp_path, capsys, tpu_kerne
     assert "ε_TPU" in printed.out and "softmax_demo" in printed.out
     record = json.loads((tmp_path / "precision.json").read_text())
     assert record["ok"] == (exit_code == 0)
-    assert "| op | case |" in (tmp_path / "precision.md").read_text()
+    markdown = (tmp_path / "precision.md").read_text()
+    assert "| case | output | ε_TPU | ε_GPU | floor |" in markdown
+    page = (tmp_path / "precision.html").read_text()
     if exit_code:
         assert "rule 1 failed" in printed.err and "rule 2 failed" in printed.err
+        # The failures come first, each with its bound; failed cells are marked.
+        assert markdown.index("## Failures") < markdown.index("## softmax_demo")
+        assert "- rule 1 failed: softmax_demo/demo" in markdown and "**FAIL** 4.00e-06" in markdown
+        assert 'class="headline failed"' in page and 'class="number fail"' in page
+    else:
+        assert "**All 1 outputs pass rules 1-3.**" in markdown and 'class="headline ok"' in page
 
 
 @pytest.mark.parametrize(

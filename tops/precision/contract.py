@@ -23,6 +23,7 @@ and the worst element.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tops.precision.metrics import Comparison
@@ -61,17 +62,35 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Verdict:
+    """One rule applied to one measurement: ``value`` (the ε judged) against ``bound``
+    (None where the rule has no bound to apply: rule 3 without a ledger entry)."""
+
     rule: int
+    backend: str
     ok: bool
+    value: float
+    bound: float | None
     message: str
 
     @property
     def label(self) -> str:
         return "pass" if self.ok else "FAIL"
 
+    @property
+    def used(self) -> float | None:
+        """``value / bound``: the share of the bound the ε uses (1 is at the bound)."""
+        if self.bound is None:
+            return None
+        if self.bound == 0:
+            return 0.0 if self.value == 0 else math.inf
+        return self.value / self.bound
 
-def _verdict(rule: int, ok: bool, detail: str) -> Verdict:
-    return Verdict(rule, ok, f"rule {rule} {'passed' if ok else 'failed'}: {detail}")
+
+def _verdict(
+    rule: int, backend: str, ok: bool, value: float, bound: float | None, detail: str
+) -> Verdict:
+    message = f"rule {rule} {'passed' if ok else 'failed'}: {detail}"
+    return Verdict(rule, backend, ok, value, bound, message)
 
 
 def rule1(m: Measurement, tolerance: float, other: Measurement | None = None) -> Verdict:
@@ -88,7 +107,7 @@ def rule1(m: Measurement, tolerance: float, other: Measurement | None = None) ->
         f"tolerance {tolerance:.3e}, floor {c.floor:.3e}, nonfinite {c.nonfinite}, "
         f"special mismatches {c.special}; {m.worst()}"
     )
-    return _verdict(1, ok, detail)
+    return _verdict(1, m.backend, ok, c.rel_l2, tolerance, detail)
 
 
 def rule2(tpu: Measurement, gpu: Measurement, margin: float = RULE2_MARGIN) -> Verdict:
@@ -102,21 +121,23 @@ def rule2(tpu: Measurement, gpu: Measurement, margin: float = RULE2_MARGIN) -> V
         f"ε_GPU={gpu.eps:.3e}, floor {floor:.3e}, margin {margin:.2%}, bound "
         f"max(ε_GPU, floor) x (1 + {margin:.4g}) = {bound:.3e}; {tpu.worst()}; {gpu.worst()}"
     )
-    return _verdict(2, ok, detail)
+    return _verdict(2, "tpu", ok, tpu.eps, bound, detail)
 
 
 def rule3(m: Measurement, baseline: float | None) -> Verdict:
     """``ε <= 1.25 * baseline + 0.01 * floor``; passes with a note when no baseline exists."""
     c = m.comparison
     if baseline is None:
-        return _verdict(3, True, f"{m.where} mode {m.mode}: no baseline entry")
+        return _verdict(
+            3, m.backend, True, c.rel_l2, None, f"{m.where} mode {m.mode}: no baseline entry"
+        )
     bound = RULE3_GROWTH * baseline + RULE3_FLOOR_SHARE * c.floor
     detail = (
         f"{m.where} mode {m.mode}: ε_{m.backend.upper()}={c.rel_l2:.3e}, baseline "
         f"{baseline:.3e}, bound {RULE3_GROWTH} x baseline + {RULE3_FLOOR_SHARE} x floor = "
         f"{bound:.3e}, floor {c.floor:.3e}; {m.worst()}"
     )
-    return _verdict(3, c.rel_l2 <= bound, detail)
+    return _verdict(3, m.backend, c.rel_l2 <= bound, c.rel_l2, bound, detail)
 
 
 def enforce(*verdicts: Verdict) -> None:

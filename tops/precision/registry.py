@@ -62,7 +62,11 @@ class OrderModel:
 @dataclass(frozen=True)
 class Op:
     """An op: its outputs' dtypes, float64 reference, kernel runners, cases and, where the
-    backends share arithmetic, its summation-order model."""
+    backends share arithmetic, its summation-order model.
+
+    ``parameters(inputs)`` names what a case varies (``{"dtype": ..., "T": ...}``): the
+    axes the report plots ε against and the columns its per-op tables group by.
+    """
 
     name: str
     output_dtypes: Callable[[Arrays], Mapping[str, str]]
@@ -70,6 +74,7 @@ class Op:
     runners: Mapping[str, Callable[[Arrays], Arrays]]
     cases: tuple[Case, ...] = field(default_factory=tuple)
     order_model: OrderModel | None = None
+    parameters: Callable[[Arrays], Mapping[str, str | int]] = lambda inputs: {}
 
     def case(self, name: str) -> Case:
         for case in self.cases:

@@ -1,24 +1,34 @@
 """``python -m tops.precision report``: every registered case on every kernel backend,
-judged by the three rules, printed as a table and written as JSON and Markdown.
+judged by the three rules, printed as a table and written to ``--out`` as
+``precision.json`` (:func:`record`, everything machine-readable), ``precision.md`` and
+``precision.html`` (summary first, each ε beside its bounds, plots; ``tops.precision.markdown``,
+``tops.precision.webpage``), with the ε that moved against ``--compare`` (default: the ledger).
 
 Exit status 1 when any rule fails, so CI can gate on it; 2 when the run cannot start (a
-backend whose packages are missing, or a ledger rewrite with no ledger it may write).
+backend whose packages are missing, a ledger rewrite with no ledger it may write, a
+``--compare`` file that is neither a ledger nor a report).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tops import backends
-from tops.precision import ledger, margins, runner
+from tops.precision import compare, ledger, margins, markdown, runner, summary, webpage
 from tops.precision.contract import Measurement, Verdict, rule1, rule2, rule3
+from tops.precision.metrics import EXACT
 from tops.precision.registry import KERNEL_BACKENDS, ops
+
+# The packages whose versions a report names (those installed).
+VERSIONED = ("jax", "jaxlib", "libtpu", "numpy", "ml_dtypes", "torch", "triton")
 
 COLUMNS = (
     "op",
@@ -37,11 +47,14 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class Row:
-    """One output of one case across the kernel backends, with its verdicts and the
-    margin rule 2 used (None where it was not applied)."""
+    """One output of one case across the kernel backends, with its verdicts, the margin
+    rule 2 used (None where it was not applied), the output's dtype and the case's
+    parameters (``Op.parameters``)."""
 
     measurements: dict[str, Measurement]
     verdicts: tuple[Verdict, ...]
+    dtype: str
+    parameters: Mapping[str, str | int]
     rule2_margin: float | None = None
 
     @property
@@ -78,8 +91,10 @@ def judge(op_name: str, case_name: str, entries: dict, backends_run: tuple[str, 
     spec = ops()[op_name]
     case = spec.case(case_name)
     per_backend = {b: runner.measure(op_name, case_name, b) for b in backends_run}
+    case_inputs = runner.inputs(op_name, case_name)
+    parameters = dict(spec.parameters(case_inputs))
     rows = []
-    for index, output in enumerate(spec.output_dtypes(runner.inputs(op_name, case_name))):
+    for index, (output, dtype) in enumerate(spec.output_dtypes(case_inputs).items()):
         measured = {b: per_backend[b][index] for b in backends_run}
         verdicts = []
         for backend, m in measured.items():
@@ -90,17 +105,62 @@ def judge(op_name: str, case_name: str, entries: dict, backends_run: tuple[str, 
             margin = margins.margin(op_name, case_name, output)
             verdicts.append(rule2(measured["tpu"], measured["gpu"], margin))
         verdicts += [rule3(m, ledger.baseline(entries, m)) for m in measured.values()]
-        rows.append(Row(measured, tuple(verdicts), margin))
+        rows.append(Row(measured, tuple(verdicts), dtype, parameters, margin))
     return rows
 
 
-def _markdown(rows: list[Row], header: str) -> str:
-    lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
-    failures = [v.message for row in rows for v in row.verdicts if not v.ok]
-    if failures:
-        lines += ["", "## Failures", "", *[f"- {message}" for message in failures]]
-    return "\n".join(lines) + "\n"
+def versions() -> dict[str, str]:
+    """Python's version and those of the :data:`VERSIONED` packages installed."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _row_record(row: Row) -> dict:
+    first = next(iter(row.measurements.values()))
+    return {
+        "op": first.op,
+        "case": first.case,
+        "output": first.output,
+        "dtype": row.dtype,
+        "exact": row.dtype == EXACT,
+        "parameters": dict(row.parameters),
+        "measurements": {
+            b: {"mode": m.mode, **m.comparison.as_dict()} for b, m in row.measurements.items()
+        },
+        "rule2_margin": row.rule2_margin,
+        "verdicts": [
+            {
+                "rule": v.rule,
+                "backend": v.backend,
+                "ok": v.ok,
+                "value": v.value,
+                "bound": v.bound,
+                "used": v.used,
+                "message": v.message,
+            }
+            for v in row.verdicts
+        ],
+    }
+
+
+def record(rows: list[Row], created: str, baseline: dict[str, float], source: str) -> dict:
+    """The report as JSON: run metadata, one entry per row (measurements, verdicts with
+    their bounds), ``ok``, and the ε that moved against ``baseline`` (read from
+    ``source``)."""
+    entries = [_row_record(row) for row in rows]
+    return {
+        "created": created,
+        "modes": backends.modes(),
+        "versions": versions(),
+        "ok": all(row.ok for row in rows),
+        "compare": compare.moved(entries, baseline, source),
+        "rows": entries,
+    }
 
 
 def _table(rows: list[Row]) -> str:
@@ -139,7 +199,9 @@ def _select(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tops.precision report", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="directory for JSON/MD")
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports"), help="directory for the JSON, MD and HTML"
+    )
     parser.add_argument("--op", action="append", help="only these ops (repeatable)")
     parser.add_argument("--case", action="append", help="only these cases (repeatable)")
     parser.add_argument("--slow", action="store_true", help="include cases marked slow")
@@ -152,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         type=Path,
         help=f"the ledger to judge rule 3 by and to rewrite (default: {ledger.LEDGER_PATH})",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="a ledger or an earlier precision.json: list the ε that moved against it "
+        "(default: the ledger rule 3 reads)",
     )
     args = parser.parse_args(argv)
 
@@ -178,13 +246,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --update-baseline: {error}", file=sys.stderr)
             return 2
 
-    modes = backends.modes()
-    header = (
-        f"# tops precision report\n\nmodes: {modes}; python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
-    print(header.replace("# ", "", 1).replace("\n\n", "\n"))
     before = ledger.load(ledger_path)
+    baseline_source = str(args.compare or ledger_path)
+    try:
+        baseline = compare.load(args.compare) if args.compare else compare.from_ledger(before)
+    except compare.BaselineError as error:
+        print(f"error: --compare {error}", file=sys.stderr)
+        return 2
+
+    created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"tops precision report\nmodes: {backends.modes()}; {created}")
     # While the ledger is rewritten, rule 3 has no baseline to hold the run to.
     entries = {} if args.update_baseline else before
     rows: list[Row] = []
@@ -195,36 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     failures = [v.message for row in rows for v in row.verdicts if not v.ok]
     for message in failures:
         print(message, file=sys.stderr)
+    report = record(rows, created, baseline, baseline_source)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precision.md").write_text(_markdown(rows, header))
-    record = {
-        "modes": modes,
-        "rows": [
-            {
-                "measurements": {
-                    b: {"mode": m.mode, **m.comparison.as_dict()}
-                    for b, m in row.measurements.items()
-                },
-                "op": row.cells()[0],
-                "case": row.cells()[1],
-                "output": row.cells()[2],
-                "rule2_margin": row.rule2_margin,
-                "verdicts": [
-                    {"rule": v.rule, "ok": v.ok, "message": v.message} for v in row.verdicts
-                ],
-            }
-            for row in rows
-        ],
-        "ok": not failures,
-    }
-    (args.out / "precision.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.out / "precision.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "precision.md").write_text(markdown.render(report))
+    (args.out / "precision.html").write_text(webpage.render(report))
     if args.update_baseline:
         measured = (ledger.entry(m) for row in rows for m in row.measurements.values())
-        written = ledger.write(measured, ledger_path)
-        print(f"baseline ledger: {written} entries written to {ledger_path}")
+        count = ledger.write(measured, ledger_path)
+        print(f"baseline ledger: {count} entries written to {ledger_path}")
         print("\n".join(ledger.describe_changes(before, ledger.load(ledger_path))))
-    print(
-        f"{len(rows)} outputs, {len(failures)} rule failures; "
-        f"wrote {args.out / 'precision.md'} and {args.out / 'precision.json'}"
-    )
+    print(summary.compare_line(report["compare"]))
+    files = ", ".join(str(args.out / f"precision.{kind}") for kind in ("md", "html", "json"))
+    print(f"{len(rows)} outputs, {len(failures)} rule failures; wrote {files}")
     return 1 if failures else 0

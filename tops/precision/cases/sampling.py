@@ -275,4 +275,8 @@ OP = Op(
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
+    parameters=lambda inputs: {
+        "dtype": str(inputs["logits"].dtype),
+        "V": inputs["logits"].shape[-1],
+    },
 )

@@ -309,6 +309,17 @@ def add_resets(add) -> None:
     add(dtype="bfloat16", chunk_size=128, gate="g", resets=(0, 49, 100, 127, 128, 130), **varlen)
 
 
+def parameters(inputs: Arrays) -> dict[str, str | int]:
+    """What a case varies, for the report's plots: dtype, T, chunk size, gate kind."""
+    gate = {(True, True): "both", (True, False): "g", (False, True): "g_gamma"}
+    return {
+        "dtype": str(inputs["q"].dtype),
+        "T": inputs["q"].shape[1],
+        "chunk_size": int(inputs["chunk_size"]),
+        "gate": gate.get(("g" in inputs, "g_gamma" in inputs), "none"),
+    }
+
+
 def ungated_bfloat16(inputs: Arrays) -> bool:
     """bf16 inputs and no gate: every state update is a sum of exact products ``k_t^T v_t``
     (both kernels upcast or keep bf16 operands and accumulate in float32)."""
@@ -339,4 +350,5 @@ OP = Op(
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
     order_model=OrderModel(covers=_same_arithmetic, draw=_draw_order),
+    parameters=parameters,
 )

@@ -364,4 +364,5 @@ OP = Op(
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
     order_model=OrderModel(covers=_same_arithmetic, draw=_draw_order),
+    parameters=forward.parameters,
 )

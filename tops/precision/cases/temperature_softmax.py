@@ -91,6 +91,11 @@ def _fixed(name: str, rows, temperature, dtype: str = "float32") -> Case:
     return Case(name, lambda: _inputs(rows, temperature, dtype), tolerance(rows.shape[1]))
 
 
+def parameters(inputs: Arrays) -> dict[str, str | int]:
+    """What a case varies, for the report's plots: the logits' dtype and the vocabulary."""
+    return {"dtype": str(inputs["logits"].dtype), "V": inputs["logits"].shape[-1]}
+
+
 def _cases() -> tuple[Case, ...]:
     cases = [
         _random(dtype, batch, vocab, temperature)
@@ -153,4 +158,5 @@ OP = Op(
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
+    parameters=parameters,
 )

@@ -120,4 +120,5 @@ OP = Op(
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=tuple(_case(name) for name in FORWARD_CASES),
+    parameters=forward.parameters,
 )

@@ -201,4 +201,5 @@ OP = Op(
     reference=_reference,
     runners={"tpu": _run_tpu, "gpu": _run_gpu},
     cases=_cases(),
+    parameters=lambda inputs: {"dtype": str(inputs["x"].dtype), "V": inputs["x"].shape[-1]},
 )
