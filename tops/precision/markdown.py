@@ -15,10 +15,6 @@ def _mark(cell: summary.Cell) -> str:
     return f"**FAIL** {cell.text}" if cell.failed else cell.text
 
 
-def _count(exact: int | None) -> str:
-    return "-" if exact is None else str(exact)
-
-
 def render(record: dict) -> str:
     lines = [
         "# tops precision report",
@@ -32,7 +28,7 @@ def render(record: dict) -> str:
         "",
     ]
     lines += _table(
-        ("op", "cases", "outputs", "rule 1 fails", "rule 2 fails", "rule 3 fails", "closest"),
+        summary.SUMMARY_COLUMNS,
         [
             (
                 f"[{c['op']}](#{c['op']})",
@@ -50,21 +46,7 @@ def render(record: dict) -> str:
     comparison = record["compare"]
     lines += ["", "## Moved against the baseline", "", summary.compare_line(comparison), ""]
     if comparison["moved"]:
-        lines += _table(
-            ("op", "case", "output", "mode", "baseline ε", "ε", "ratio"),
-            [
-                (
-                    e["op"],
-                    e["case"],
-                    e["output"],
-                    e["mode"],
-                    summary.number(e["before"]),
-                    summary.number(e["after"]),
-                    summary.ratio(e["ratio"]),
-                )
-                for e in comparison["moved"]
-            ],
-        )
+        lines += _table(summary.MOVED_COLUMNS, list(map(summary.moved_cells, comparison["moved"])))
         lines.append("")
     lines += ["## Legend", ""]
     lines += [f"- **{term}**: {text}" for term, text in summary.LEGEND]
@@ -72,16 +54,10 @@ def render(record: dict) -> str:
         lines += ["", f"## {op}", ""]
         exact = summary.exactness(record, op)
         if exact:
-            lines += _table(
-                ("exact output", "cases", "exact on TPU", "exact on GPU"),
-                [
-                    (t["output"], str(t["cases"]), *(_count(t[b]) for b in ("tpu", "gpu")))
-                    for t in exact
-                ],
-            )
+            lines += _table(summary.EXACT_COLUMNS, list(map(summary.exact_cells, exact)))
             lines.append("")
         lines += _table(
-            ("case", "output", "ε_TPU", "ε_GPU", "floor", *summary.RULE_COLUMNS),
+            summary.ROW_COLUMNS,
             [
                 (
                     row["case"],

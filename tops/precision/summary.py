@@ -45,6 +45,19 @@ LEGEND = (
 )
 
 RULE_COLUMNS = ("rule 1: tolerance", "rule 2: bound", "rule 3 TPU: bound", "rule 3 GPU: bound")
+# The headers of the report's tables (Markdown and HTML alike).
+SUMMARY_COLUMNS = (
+    "op",
+    "cases",
+    "outputs",
+    "rule 1 fails",
+    "rule 2 fails",
+    "rule 3 fails",
+    "closest",
+)
+MOVED_COLUMNS = ("op", "case", "output", "mode", "baseline ε", "ε", "ratio")
+EXACT_COLUMNS = ("exact output", "cases", "exact on TPU", "exact on GPU")
+ROW_COLUMNS = ("case", "output", "ε_TPU", "ε_GPU", "floor", *RULE_COLUMNS)
 
 
 def number(value: float | None) -> str:
@@ -197,3 +210,22 @@ def compare_line(comparison: dict) -> str:
         f"{comparison['unchanged']} unchanged, {comparison['new']} without a baseline entry"
         + ("; the largest ratio first:" if comparison["moved"] else ".")
     )
+
+
+def moved_cells(entry: dict) -> tuple[str, ...]:
+    """A row of the moved-ε table (:data:`MOVED_COLUMNS`)."""
+    return (
+        entry["op"],
+        entry["case"],
+        entry["output"],
+        entry["mode"],
+        number(entry["before"]),
+        number(entry["after"]),
+        ratio(entry["ratio"]),
+    )
+
+
+def exact_cells(entry: dict) -> tuple[str, ...]:
+    """A row of an op's exactness table (:data:`EXACT_COLUMNS`)."""
+    counts = ("-" if entry[b] is None else str(entry[b]) for b in ("tpu", "gpu"))
+    return (entry["output"], str(entry["cases"]), *counts)

@@ -72,21 +72,14 @@ def _op_section(op: str, record: dict) -> str:
     if exact:
         parts.append(
             _table(
-                ("exact output", "cases", "exact on TPU", "exact on GPU"),
-                [
-                    (
-                        t["output"],
-                        t["cases"],
-                        *("-" if t[b] is None else t[b] for b in ("tpu", "gpu")),
-                    )
-                    for t in exact
-                ],
+                summary.EXACT_COLUMNS,
+                list(map(summary.exact_cells, exact)),
                 numeric=range(1, 4),
             )
         )
     parts.append(
         _table(
-            ("case", "output", "ε_TPU", "ε_GPU", "floor", *summary.RULE_COLUMNS),
+            summary.ROW_COLUMNS,
             [
                 (row["case"], row["output"], *summary.epsilon_cells(row), *summary.rule_cells(row))
                 for row in rows
@@ -102,7 +95,7 @@ def render(record: dict) -> str:
     ok = not summary.failures(record)
     counts = summary.op_counts(record)
     summary_table = _table(
-        ("op", "cases", "outputs", "rule 1 fails", "rule 2 fails", "rule 3 fails", "closest"),
+        summary.SUMMARY_COLUMNS,
         [
             (
                 summary.Cell(c["op"]),
@@ -128,19 +121,8 @@ def render(record: dict) -> str:
     moved = ""
     if comparison["moved"]:
         moved = _table(
-            ("op", "case", "output", "mode", "baseline ε", "ε", "ratio"),
-            [
-                (
-                    e["op"],
-                    e["case"],
-                    e["output"],
-                    e["mode"],
-                    summary.number(e["before"]),
-                    summary.number(e["after"]),
-                    summary.ratio(e["ratio"]),
-                )
-                for e in comparison["moved"]
-            ],
+            summary.MOVED_COLUMNS,
+            list(map(summary.moved_cells, comparison["moved"])),
             numeric=range(4, 7),
         )
     legend = "".join(
